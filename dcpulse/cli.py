@@ -1,0 +1,155 @@
+"""The `dcpulse` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from dcpulse.log import configure_logging
+from dcpulse.settings import CONFIG_ENV_VAR, Settings, get_settings, masked_dump
+
+console = Console(stderr=False)
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(os.environ.get("DCPULSE_LOG_FORMAT", settings.log_format), settings.log_level)
+    return settings
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
+
+
+@click.group()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help=f"TOML settings file (same as {CONFIG_ENV_VAR}=FILE)")
+def main(config_file: str | None) -> None:
+    """dcpulse: telemetry pipeline for AI computing centres (Kafka -> Faust -> InfluxDB)."""
+    if config_file:
+        # Through the environment so child processes (streams, sink) see the same file.
+        os.environ[CONFIG_ENV_VAR] = os.path.abspath(config_file)
+        get_settings.cache_clear()
+
+
+@main.group()
+def config() -> None:
+    """Inspect the effective configuration."""
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print the effective configuration (defaults < TOML file < DCPULSE_* env), secrets masked."""
+    click.echo(orjson.dumps(masked_dump(_settings()), option=orjson.OPT_INDENT_2).decode())
+
+
+@main.group()
+def services() -> None:
+    """The local Kafka broker and InfluxDB server (127.0.0.1 only)."""
+
+
+def _local_services():
+    from dcpulse.services.manager import LocalServices
+
+    return LocalServices(_settings())
+
+
+@services.command("up")
+def services_up() -> None:
+    """Provision if needed (first InfluxDB build takes 15-30 min), start, wait healthy. Idempotent."""
+    started = time.monotonic()
+    try:
+        _local_services().up(_say)
+    except RuntimeError as exc:
+        console.print(f"[red]services up failed:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    _say(f"services up in {time.monotonic() - started:.1f}s")
+
+
+@services.command("down")
+def services_down() -> None:
+    """Stop both servers: SIGTERM, then SIGKILL after the grace period."""
+    _local_services().down(_say)
+
+
+@services.command("status")
+def services_status() -> None:
+    """Versions, addresses, PIDs and health of both servers. Exit code 1 unless both healthy."""
+    rows = _local_services().status()
+    table = Table("service", "version", "address", "pid", "health", "cached build", "log")
+    for row in rows:
+        table.add_row(row.name, row.version, row.address, str(row.pid or "-"),
+                      "[green]healthy[/green]" if row.healthy else "[red]down[/red]",
+                      "yes" if row.provisioned else "no", str(row.log_file))
+    console.print(table)
+    sys.exit(0 if all(row.healthy for row in rows) else 1)
+
+
+@services.command("logs")
+@click.argument("name", required=False, type=click.Choice(["kafka", "influxdb"]))
+@click.option("-n", "--lines", default=40, show_default=True, help="Lines from the end of each log")
+def services_logs(name: str | None, lines: int) -> None:
+    """Show the end of each server's log (or of NAME's)."""
+    for service, path in _local_services().log_files().items():
+        if name and service != name:
+            continue
+        console.rule(f"{service}: {path}")
+        if not path.exists():
+            click.echo("(no log yet)")
+            continue
+        click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+@main.command()
+def streams() -> None:
+    """Run the Faust stream processors (validation) until interrupted."""
+    from dcpulse.streams.app import run_worker
+
+    run_worker(_settings())
+
+
+@main.command()
+def sink() -> None:
+    """Run the InfluxDB sink (valid telemetry -> raw bucket) until interrupted."""
+    from dcpulse.services.onboarding import influx_token
+    from dcpulse.sinks.influx import InfluxWriter
+    from dcpulse.sinks.runner import TelemetrySink
+
+    settings = _settings()
+    writer = InfluxWriter(settings.influx.url, influx_token(settings, "write"), settings.influx.org)
+    runner = TelemetrySink(settings, writer)
+    runner.install_signal_handlers()
+    runner.run()
+
+
+@main.command()
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the read-back")
+def demo(timeout: float) -> None:
+    """Start the servers, push one record through the whole pipeline and read it back."""
+    from dcpulse.demo import run_one_record
+    from dcpulse.services.manager import LocalServices
+
+    settings = _settings()
+    try:
+        LocalServices(settings).up(_say)
+        _say("starting the Faust worker and the InfluxDB sink, then publishing one record")
+        sent, read, seconds = run_one_record(settings, timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    console.print("[bold]written to Kafka[/bold]", orjson.dumps(
+        sent.model_dump(mode="json", by_alias=True), option=orjson.OPT_INDENT_2).decode())
+    console.print("[bold]read back from InfluxDB[/bold] (Flux, read-only token)", orjson.dumps(
+        read, option=orjson.OPT_INDENT_2, default=str).decode())
+    _say(f"round trip producer -> Kafka -> Faust -> sink -> InfluxDB in {seconds:.1f}s "
+         "(includes worker start-up); servers left running: `dcpulse services down` stops them")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The one configuration object: defaults, then an optional TOML file, then DCPULSE_* env vars.
+
+Nested fields use a double underscore: DCPULSE_KAFKA__PORT=19092, DCPULSE_INFLUX__PORT=18086.
+The TOML file is taken from DCPULSE_CONFIG (or `--config` on the CLI) and uses the same
+sections: [kafka], [influx], [topics], [services].
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "DCPULSE_CONFIG"
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+class KafkaSettings(BaseModel):
+    version: str = Field("3.9.1", description="Apache Kafka release resolved from Maven Central")
+    scala_version: str = "2.13"
+    host: str = Field("127.0.0.1", description="Listen and connect address (loopback only)")
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(9093, ge=1, le=65535)
+    heap_mb: int = Field(1024, ge=256, description="JVM -Xmx in MiB; -Xms is half of it")
+    bootstrap_servers: str | None = Field(
+        None, description="Override to use an existing cluster instead of the local broker"
+    )
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class BucketSettings(BaseModel):
+    raw: str = "dcpulse_raw"
+    analytics: str = "dcpulse_analytics"
+    alerts: str = "dcpulse_alerts"
+    raw_retention_hours: int = Field(72, ge=1, description="Raw telemetry: short retention")
+    analytics_retention_days: int = Field(400, ge=1, description="PUE/utilisation: long")
+    alerts_retention_days: int = Field(400, ge=1, description="Alert history: long")
+
+    def retention_seconds(self) -> dict[str, int]:
+        return {
+            self.raw: self.raw_retention_hours * 3600,
+            self.analytics: self.analytics_retention_days * 86400,
+            self.alerts: self.alerts_retention_days * 86400,
+        }
+
+
+class InfluxSettings(BaseModel):
+    version: str = Field("2.7.12", description="InfluxDB OSS release built from its Go module")
+    host: str = "127.0.0.1"
+    port: int = Field(8086, ge=1, le=65535)
+    url_override: str | None = Field(None, description="Use an existing InfluxDB instead")
+    org: str = "dcpulse"
+    admin_user: str = "dcpulse-admin"
+    buckets: BucketSettings = BucketSettings()
+    # Tokens default to the ones minted at onboarding and kept in the state directory.
+    write_token: SecretStr | None = None
+    read_token: SecretStr | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_override or f"http://{self.host}:{self.port}"
+
+
+class TopicSettings(BaseModel):
+    prefix: str = Field("dcpulse", description="Common prefix of every topic name")
+    telemetry_partitions: int = Field(6, ge=1)
+    derived_partitions: int = Field(3, ge=1)
+    telemetry_retention_hours: int = Field(24, ge=1)
+    derived_retention_hours: int = Field(168, ge=1)
+
+    def name(self, stream: str, version: int = 1) -> str:
+        return f"{self.prefix}.{stream}.v{version}"
+
+    @property
+    def telemetry(self) -> str:
+        return self.name("telemetry")
+
+    @property
+    def telemetry_valid(self) -> str:
+        return self.name("telemetry-valid")
+
+    @property
+    def deadletter(self) -> str:
+        return self.name("deadletter")
+
+
+class ServicesSettings(BaseModel):
+    cache_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "dcpulse",
+        description="Resolved jars and built binaries, keyed by version",
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "dcpulse",
+        description="Server data, logs, PID files and credentials",
+    )
+    start_timeout_s: float = Field(120.0, gt=0)
+    stop_grace_s: float = Field(30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DCPULSE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    topics: TopicSettings = TopicSettings()
+    services: ServicesSettings = ServicesSettings()
+    log_format: str = Field("auto", description="auto (console on a TTY, else json) | json | console")
+    log_level: str = "info"
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in {"auto", "json", "console"}:
+            raise ValueError("log_format must be auto, json or console")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get(CONFIG_ENV_VAR)
+        if toml_path:
+            path = Path(toml_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_ENV_VAR}={toml_path}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret shown as '**********'."""
+    return settings.model_dump(mode="json")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,183 @@
+"""Apache Kafka in KRaft combined mode (one broker+controller), jars resolved from Maven Central."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from dcpulse.services import cache
+from dcpulse.services.process import ManagedProcess
+from dcpulse.services.shell import port_open, run_logged
+from dcpulse.settings import KafkaSettings
+
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+# The kafka_2.13 POM only declares slf4j-api; 3.9.x logs through reload4j.
+LOGGING_BACKEND = (
+    ("org.slf4j", "slf4j-reload4j", "1.7.36"),
+    ("ch.qos.reload4j", "reload4j", "1.2.25"),
+)
+
+
+def render_pom(kafka_version: str, scala_version: str) -> str:
+    """A pom-packaging project whose runtime dependencies are exactly the broker's classpath."""
+    deps = [("org.apache.kafka", f"kafka_{scala_version}", kafka_version), *LOGGING_BACKEND]
+    dep_xml = "\n".join(
+        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+        f"<version>{v}</version></dependency>"
+        for g, a, v in deps
+    )
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>dcpulse.local</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>{kafka_version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{dep_xml}
+  </dependencies>
+</project>
+"""
+
+
+def render_server_properties(settings: KafkaSettings, data_dir: Path) -> str:
+    h = settings.host
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{h}:{settings.controller_port}",
+        "listeners": f"PLAINTEXT://{h}:{settings.port},CONTROLLER://{h}:{settings.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{h}:{settings.port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "3",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "message.max.bytes": str(2 * 1024 * 1024),
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+LOG4J_PROPERTIES = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.state.change.logger=WARN
+"""
+
+
+def java_argv(settings: KafkaSettings, lib_dir: Path, conf_dir: Path, main: str, *args: str) -> list[str]:
+    return [
+        "java",
+        f"-Xms{settings.heap_mb // 2}m",
+        f"-Xmx{settings.heap_mb}m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{conf_dir / 'log4j.properties'}",
+        "-cp",
+        f"{lib_dir}/*",
+        main,
+        *args,
+    ]
+
+
+class KafkaServer:
+    """Provision, configure, start and probe the local broker."""
+
+    def __init__(self, settings: KafkaSettings, cache_dir: Path, state_dir: Path) -> None:
+        self.settings = settings
+        self.home = cache.artefact_dir(cache_dir, "kafka", f"{settings.scala_version}-{settings.version}")
+        self.state = state_dir / "kafka"
+        self.conf_dir = self.state / "config"
+        self.data_dir = self.state / "data"
+        self.log_file = self.state / "kafka.log"
+        self.process = ManagedProcess("kafka", self.state / "kafka.pid", marker=str(self.conf_dir))
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.home / "lib"
+
+    def is_provisioned(self) -> bool:
+        return cache.is_complete(self.home)
+
+    def provision(self, log: Callable[[str], None]) -> None:
+        """Resolve the broker's runtime classpath with Maven into the cache (about 30 s cold)."""
+        if self.is_provisioned():
+            return
+        for tool in ("mvn", "java"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"`{tool}` is not on PATH: Kafka needs Maven and a JDK 17+")
+        manifest = {"kafka": self.settings.version, "scala": self.settings.scala_version}
+        with cache.building(self.home, manifest) as scratch:
+            (scratch / "pom.xml").write_text(
+                render_pom(self.settings.version, self.settings.scala_version)
+            )
+            cmd = [
+                "mvn", "-B", "-q", f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+                "-DincludeScope=runtime", f"-DoutputDirectory={scratch / 'lib'}",
+            ]
+            log("resolving Kafka jars from Maven Central")
+            run_logged(cmd, cwd=scratch, log_file=scratch / "mvn.log")
+            if not any((scratch / "lib").glob(f"kafka_{self.settings.scala_version}-*.jar")):
+                raise RuntimeError(f"Maven finished but no kafka jar is in {scratch / 'lib'}")
+
+    def configure(self) -> None:
+        """Write config files and format the KRaft metadata log once."""
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        (self.conf_dir / "server.properties").write_text(
+            render_server_properties(self.settings, self.data_dir)
+        )
+        (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id_file = self.state / "cluster-id"
+        if not cluster_id_file.exists():
+            cluster_id_file.write_text(_kafka_cluster_id())
+        argv = java_argv(
+            self.settings, self.lib_dir, self.conf_dir, "kafka.tools.StorageTool",
+            "format", "-t", cluster_id_file.read_text().strip(),
+            "-c", str(self.conf_dir / "server.properties"), "--ignore-formatted",
+        )
+        run_logged(argv, cwd=self.state, log_file=self.state / "format.log")
+
+    def start(self) -> int:
+        argv = java_argv(
+            self.settings, self.lib_dir, self.conf_dir, "kafka.Kafka",
+            str(self.conf_dir / "server.properties"),
+        )
+        return self.process.start(argv, cwd=self.state, log_file=self.log_file)
+
+    def is_healthy(self) -> bool:
+        """The port answers and the broker serves metadata to an admin client."""
+        if not port_open(self.settings.host, self.settings.port):
+            return False
+        from kafka import KafkaAdminClient  # local import: slow, and only needed here
+        from kafka.errors import KafkaError
+
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.settings.bootstrap, request_timeout_ms=5000,
+                client_id="dcpulse-health",
+            )
+        except (KafkaError, OSError):
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except (KafkaError, OSError):
+            return False
+        finally:
+            admin.close()
+
+
+def _kafka_cluster_id() -> str:
+    # KRaft wants a base64url-encoded 16-byte UUID, as `kafka-storage random-uuid` prints.
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

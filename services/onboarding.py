@@ -1,0 +1,158 @@
+"""First-start InfluxDB set-up through its HTTP API: org, buckets, scoped tokens.
+
+The admin password and every token are generated here and kept in one JSON file readable
+only by its owner (0600). Nothing here prints or logs a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from dcpulse.settings import InfluxSettings, Settings
+
+
+@dataclass(frozen=True)
+class Credentials:
+    org_id: str
+    admin_token: str
+    admin_password: str
+    write_token: str  # write-only on the dcpulse buckets: the sink's
+    read_token: str  # read-only on the dcpulse buckets: for queries
+
+
+def credentials_path(state_dir: Path) -> Path:
+    return state_dir / "influxdb" / "credentials.json"
+
+
+def influx_token(settings: Settings, access: Literal["read", "write"]) -> str:
+    """The token for `access`: from settings if given, else the one minted at onboarding."""
+    configured = settings.influx.read_token if access == "read" else settings.influx.write_token
+    if configured is not None:
+        return configured.get_secret_value()
+    creds = load_credentials(credentials_path(settings.services.state_dir))
+    if creds is None:
+        raise RuntimeError(
+            f"no InfluxDB {access} token: set DCPULSE_INFLUX__{access.upper()}_TOKEN "
+            "or run `dcpulse services up` to onboard the local server"
+        )
+    return creds.read_token if access == "read" else creds.write_token
+
+
+def load_credentials(path: Path) -> Credentials | None:
+    try:
+        return Credentials(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def save_credentials(path: Path, creds: Credentials) -> None:
+    """Write atomically with mode 0600 from the first byte (no window where it is readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(creds), handle)
+    os.replace(tmp, path)
+
+
+def bucket_permissions(actions: tuple[str, ...], org_id: str, bucket_ids: list[str]) -> list[dict]:
+    """Authorization permissions granting `actions` on exactly these buckets."""
+    return [
+        {"action": action, "resource": {"type": "buckets", "id": bucket_id, "orgID": org_id}}
+        for action in actions
+        for bucket_id in bucket_ids
+    ]
+
+
+class InfluxOnboarding:
+    def __init__(self, settings: InfluxSettings, credentials_file: Path) -> None:
+        self.settings = settings
+        self.credentials_file = credentials_file
+
+    def ensure(self) -> Credentials:
+        """Onboard if the server is fresh; make sure buckets and tokens exist. Idempotent."""
+        creds = load_credentials(self.credentials_file)
+        with httpx.Client(base_url=self.settings.url, timeout=10.0) as http:
+            allowed = http.get("/api/v2/setup").raise_for_status().json()["allowed"]
+            if allowed:
+                creds = self._setup(http)
+            elif creds is None:
+                raise RuntimeError(
+                    f"InfluxDB at {self.settings.url} is already set up but {self.credentials_file} "
+                    "is missing: stop it and remove its state directory to start over"
+                )
+            http.headers["Authorization"] = f"Token {creds.admin_token}"
+            bucket_ids = self._ensure_buckets(http, creds.org_id)
+            if not (creds.write_token and creds.read_token):  # fresh, or minting was interrupted
+                creds = self._mint_tokens(http, creds, bucket_ids)
+                save_credentials(self.credentials_file, creds)
+        return creds
+
+    def _setup(self, http: httpx.Client) -> Credentials:
+        admin_token = secrets.token_urlsafe(48)
+        password = secrets.token_urlsafe(24)
+        buckets = self.settings.buckets
+        body = {
+            "username": self.settings.admin_user,
+            "password": password,
+            "org": self.settings.org,
+            "bucket": buckets.raw,
+            "retentionPeriodSeconds": buckets.raw_retention_hours * 3600,
+            "token": admin_token,
+        }
+        response = http.post("/api/v2/setup", json=body)
+        _raise_for(response, "onboarding")
+        org_id = response.json()["org"]["id"]
+        creds = Credentials(org_id, admin_token, password, write_token="", read_token="")
+        # Keep the admin token even if a later step fails: the server is now set up.
+        save_credentials(self.credentials_file, creds)
+        return creds
+
+    def _ensure_buckets(self, http: httpx.Client, org_id: str) -> list[str]:
+        ids = []
+        for name, retention_s in self.settings.buckets.retention_seconds().items():
+            found = http.get("/api/v2/buckets", params={"orgID": org_id, "name": name})
+            _raise_for(found, "bucket lookup")
+            existing = found.json().get("buckets", [])
+            if existing:
+                ids.append(existing[0]["id"])
+                continue
+            created = http.post("/api/v2/buckets", json={
+                "orgID": org_id, "name": name,
+                "retentionRules": [{"type": "expire", "everySeconds": retention_s}],
+            })
+            _raise_for(created, f"creating bucket {name}")
+            ids.append(created.json()["id"])
+        return ids
+
+    def _mint_tokens(self, http: httpx.Client, creds: Credentials, bucket_ids: list[str]) -> Credentials:
+        def mint(description: str, actions: tuple[str, ...]) -> str:
+            response = http.post("/api/v2/authorizations", json={
+                "orgID": creds.org_id, "description": description,
+                "permissions": bucket_permissions(actions, creds.org_id, bucket_ids),
+            })
+            _raise_for(response, f"creating token {description!r}")
+            return response.json()["token"]
+
+        return Credentials(
+            org_id=creds.org_id, admin_token=creds.admin_token, admin_password=creds.admin_password,
+            write_token=mint("dcpulse sink: write-only", ("write",)),
+            read_token=mint("dcpulse queries: read-only", ("read",)),
+        )
+
+
+def _raise_for(response: httpx.Response, what: str) -> None:
+    if response.is_success:
+        return
+    try:
+        message = response.json().get("message", response.text)
+    except ValueError:
+        message = response.text
+    raise RuntimeError(f"InfluxDB {what} failed: HTTP {response.status_code}: {message}")

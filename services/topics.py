@@ -1,0 +1,52 @@
+"""The project's Kafka topics: names, partitions and retention from settings, created idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dcpulse.settings import TopicSettings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    purpose: str
+
+    def configs(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete"}
+
+
+def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
+    """Every topic dcpulse owns. Keys are documented in docs/architecture.md."""
+    raw_ms = settings.telemetry_retention_hours * 3_600_000
+    derived_ms = settings.derived_retention_hours * 3_600_000
+    return [
+        TopicSpec(settings.telemetry, settings.telemetry_partitions, raw_ms,
+                  "raw device samples from the agents"),
+        TopicSpec(settings.telemetry_valid, settings.telemetry_partitions, raw_ms,
+                  "samples that passed validation"),
+        TopicSpec(settings.deadletter, settings.derived_partitions, derived_ms,
+                  "rejected records with reason and original bytes"),
+    ]
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dcpulse-topics")
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            admin.create_topics([
+                NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
+                         topic_configs=s.configs())
+                for s in missing
+            ])
+        return [s.name for s in missing]
+    finally:
+        admin.close()
