@@ -24,7 +24,7 @@ def _settings() -> Settings:
 
 
 def _say(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False)
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False, soft_wrap=True)
 
 
 @click.group()
@@ -82,12 +82,14 @@ def services_down() -> None:
 def services_status() -> None:
     """Versions, addresses, PIDs and health of both servers. Exit code 1 unless both healthy."""
     rows = _local_services().status()
-    table = Table("service", "version", "address", "pid", "health", "cached build", "log")
+    table = Table("service", "version", "address", "pid", "health", "built/cached")
     for row in rows:
         table.add_row(row.name, row.version, row.address, str(row.pid or "-"),
                       "[green]healthy[/green]" if row.healthy else "[red]down[/red]",
-                      "yes" if row.provisioned else "no", str(row.log_file))
+                      "yes" if row.provisioned else "no")
     console.print(table)
+    for row in rows:
+        console.print(f"{row.name} log: {row.log_file}", highlight=False, soft_wrap=True)
     sys.exit(0 if all(row.healthy for row in rows) else 1)
 
 
@@ -140,8 +142,8 @@ def demo(timeout: float) -> None:
         LocalServices(settings).up(_say)
         _say("starting the Faust worker and the InfluxDB sink, then publishing one record")
         sent, read, seconds = run_one_record(settings, timeout)
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+    except Exception as exc:  # noqa: BLE001 - the user gets one clear line, not a traceback
+        console.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}", highlight=False)
         sys.exit(1)
     console.print("[bold]written to Kafka[/bold]", orjson.dumps(
         sent.model_dump(mode="json", by_alias=True), option=orjson.OPT_INDENT_2).decode())

@@ -119,8 +119,9 @@ class InfluxOnboarding:
         ids = []
         for name, retention_s in self.settings.buckets.retention_seconds().items():
             found = http.get("/api/v2/buckets", params={"orgID": org_id, "name": name})
-            _raise_for(found, "bucket lookup")
-            existing = found.json().get("buckets", [])
+            if found.status_code != 404:  # 404 is influxd's answer for "no such bucket"
+                _raise_for(found, "bucket lookup")
+            existing = found.json().get("buckets", []) if found.is_success else []
             if existing:
                 ids.append(existing[0]["id"])
                 continue

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from influxdb_client import InfluxDBClient
 
-TELEMETRY_BY_DEVICE = """
-from(bucket: params.bucket)
-  |> range(start: params.start)
-  |> filter(fn: (r) => r.device == params.device)
-  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")
-"""
+
+def flux_string(value: str) -> str:
+    """A Flux string literal. InfluxDB OSS has no query parameters (`params` is Cloud-only),
+    so every value spliced into a query goes through here."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return f'"{escaped}"'
+
+
+def flux_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def device_samples_query(bucket: str, device: str, start: datetime) -> str:
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: {flux_time(start)})\n"
+        f"  |> filter(fn: (r) => r.device == {flux_string(device)})\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+    )
 
 
 def read_device_samples(
@@ -20,10 +33,7 @@ def read_device_samples(
 ) -> list[dict[str, Any]]:
     """Every sample of `device` since `start`, one dict per timestamp (tags and fields)."""
     with InfluxDBClient(url=url, token=token, org=org, timeout=30_000) as client:
-        tables = client.query_api().query(
-            TELEMETRY_BY_DEVICE, org=org,
-            params={"bucket": bucket, "device": device, "start": start},
-        )
+        tables = client.query_api().query(device_samples_query(bucket, device, start), org=org)
     rows = []
     for table in tables:
         for record in table.records:

@@ -1,0 +1,102 @@
+"""The local servers: health, loopback-only listeners, topics, scoped tokens, idempotent up."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from influxdb_client import InfluxDBClient, Point
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from dcpulse.services.manager import LocalServices
+from dcpulse.services.topics import topic_specs
+from dcpulse.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_both_servers_healthy_with_versions(services: LocalServices, settings: Settings) -> None:
+    status = {row.name: row for row in services.status()}
+    assert status["kafka"].healthy and status["influxdb"].healthy
+    assert status["kafka"].version == settings.kafka.version
+    assert status["influxdb"].version == f"v{settings.influx.version}"
+    assert status["kafka"].pid and status["influxdb"].pid
+
+
+def test_second_up_is_idempotent(services: LocalServices) -> None:
+    pids = {row.name: row.pid for row in services.status()}
+    assert services.up(lambda _msg: None) == []
+    assert {row.name: row.pid for row in services.status()} == pids
+
+
+def _listening_addresses(pid: int) -> list[str]:
+    out = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if f"pid={pid}," in line]
+
+
+@pytest.mark.parametrize("name", ["kafka", "influxdb"])
+def test_servers_listen_on_loopback_only(services: LocalServices, name: str) -> None:
+    pid = {row.name: row.pid for row in services.status()}[name]
+    assert pid is not None
+    addresses = _listening_addresses(pid)
+    assert addresses, f"{name} (pid {pid}) has no listening socket"
+    for address in addresses:
+        host = address.rsplit(":", 1)[0].strip("[]")
+        assert host in {"127.0.0.1", "::ffff:127.0.0.1"}, f"{name} listens on {address}"
+
+
+def test_topics_exist_with_configured_partitions_and_retention(services: LocalServices, settings: Settings) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    try:
+        specs = topic_specs(settings.topics)
+        described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+        )["topic"]
+    finally:
+        admin.close()
+    for spec in specs:
+        assert len(described[spec.name]["partitions"]) == spec.partitions
+        assert configs[spec.name]["retention.ms"]["value"] == str(spec.retention_ms)
+
+
+def _client(settings: Settings, token: str) -> InfluxDBClient:
+    return InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=10_000)
+
+
+def test_buckets_exist_with_retention(services: LocalServices, settings: Settings) -> None:
+    with _client(settings, services.credentials().admin_token) as client:
+        buckets = {b.name: b for b in client.buckets_api().find_buckets(org=settings.influx.org).buckets}
+    for name, seconds in settings.influx.buckets.retention_seconds().items():
+        assert buckets[name].retention_rules[0].every_seconds == seconds
+
+
+def test_write_token_cannot_query(services: LocalServices, settings: Settings) -> None:
+    creds = services.credentials()
+    bucket = settings.influx.buckets.raw
+    with _client(settings, creds.write_token) as client:
+        client.write_api(write_options=SYNCHRONOUS).write(bucket, record=Point("token_check").field("v", 1.0))
+        with pytest.raises(ApiException) as denied:
+            client.query_api().query(f'from(bucket: "{bucket}") |> range(start: -1h)')
+    assert denied.value.status in (401, 403, 404)
+
+
+def test_read_token_cannot_write(services: LocalServices, settings: Settings) -> None:
+    creds = services.credentials()
+    bucket = settings.influx.buckets.raw
+    with _client(settings, creds.read_token) as client:
+        client.query_api().query(f'from(bucket: "{bucket}") |> range(start: -1h) |> limit(n: 1)')
+        with pytest.raises(ApiException) as denied:
+            client.write_api(write_options=SYNCHRONOUS).write(bucket, record=Point("token_check").field("v", 1.0))
+    assert denied.value.status in (401, 403, 404)
+
+
+def test_admin_token_not_in_any_log(services: LocalServices) -> None:
+    creds = services.credentials()
+    for path in services.log_files().values():
+        text = path.read_text(errors="replace")
+        for secret in (creds.admin_token, creds.write_token, creds.read_token, creds.admin_password):
+            assert secret not in text
