@@ -108,6 +108,32 @@ def services_logs(name: str | None, lines: int) -> None:
         click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
 
+@main.group()
+def topics() -> None:
+    """The project's Kafka topics (names, partitions, retention come from settings)."""
+
+
+@topics.command("list")
+def topics_list() -> None:
+    """Show every topic dcpulse owns and what it carries."""
+    from dcpulse.services.topics import topic_specs
+
+    table = Table("topic", "partitions", "retention", "carries")
+    for spec in topic_specs(_settings().topics):
+        table.add_row(spec.name, str(spec.partitions), f"{spec.retention_ms // 3_600_000} h", spec.purpose)
+    console.print(table)
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create the missing topics on the configured cluster (`services up` does this too)."""
+    from dcpulse.services.topics import ensure_topics, topic_specs
+
+    settings = _settings()
+    created = ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+    _say(f"created: {', '.join(created)}" if created else "all topics already exist")
+
+
 @main.command()
 def streams() -> None:
     """Run the Faust stream processors (validation) until interrupted."""

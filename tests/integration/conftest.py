@@ -33,3 +33,6 @@ def services(settings: Settings, pytestconfig: pytest.Config) -> Iterator[LocalS
     yield local
     if started:
         local.down(say, only=started)
+        servers = {"kafka": local.kafka.process, "influxdb": local.influx.process}
+        left = [name for name in started if servers[name].is_running()]
+        assert not left, f"`services down` left {left} running"

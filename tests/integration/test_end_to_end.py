@@ -1,0 +1,77 @@
+"""One record through producer -> Kafka -> Faust -> sink -> InfluxDB, read back with Flux."""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from datetime import UTC
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from dcpulse.demo import demo_record, publish, wait_for_samples
+from dcpulse.pipeline import running_pipeline
+from dcpulse.services.manager import LocalServices
+from dcpulse.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_record_end_to_end_exact_values(services: LocalServices, settings: Settings, tmp_path) -> None:
+    record = demo_record()
+    with running_pipeline(settings, log_dir=tmp_path) as pipeline:
+        publish(settings, record)
+        rows = wait_for_samples(settings, record.device, timeout_s=120, check=pipeline.check_alive)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["_measurement"] == "pdu"
+    assert row["_time"] == record.ts.astimezone(UTC)
+    assert (row["site"], row["hall"], row["row"], row["rack"], row["device"]) == (
+        "demo", "h1", "r01", "r01-k01", record.device)
+    assert row["power_kw"] == 42.5
+    assert row["energy_kwh"] == 1234.5
+    assert row["seq"] == 0
+    # Both stages were stopped when the context closed: no orphan worker left behind.
+    assert all(proc.poll() is not None for proc in pipeline.procs.values())
+
+
+def _tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        consumer.position(tp)  # resolve now, before anything new is produced
+    return consumer
+
+
+def test_bad_record_is_dead_lettered_and_good_one_still_lands(
+    services: LocalServices, settings: Settings, tmp_path
+) -> None:
+    key = f"demo/bad-{uuid.uuid4().hex[:8]}".encode()
+    bad_value = b'{"schema": "dcpulse.telemetry/1", "site": "demo", "metrics": {NaN'
+    deadletters = _tail_consumer(settings, settings.topics.deadletter)
+    good = demo_record()
+    with running_pipeline(settings, log_dir=tmp_path) as pipeline:
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+        producer.send(settings.topics.telemetry, key=key, value=bad_value)
+        producer.flush()
+        producer.close()
+        publish(settings, good)
+        rows = wait_for_samples(settings, good.device, timeout_s=120, check=pipeline.check_alive)
+        found = None
+        deadline = time.monotonic() + 60
+        while found is None and time.monotonic() < deadline:
+            for batch in deadletters.poll(timeout_ms=500).values():
+                for message in batch:
+                    if message.key == key:
+                        found = orjson.loads(message.value)
+    deadletters.close()
+    assert rows and rows[0]["power_kw"] == 42.5
+    assert found is not None, "bad record never reached the dead-letter topic"
+    assert found["reason"] == "malformed_json"
+    assert found["stage"] == "validate"
+    assert found["source_topic"] == settings.topics.telemetry
+    assert base64.b64decode(found["original_value_b64"]) == bad_value

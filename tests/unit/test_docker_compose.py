@@ -1,0 +1,67 @@
+"""docker/compose.yaml cannot run here (no Docker engine): check it agrees with the local setup."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dcpulse.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_images_pin_the_same_versions_as_the_local_servers() -> None:
+    s = Settings()
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{s.kafka.version}"
+    assert SERVICES["influxdb"]["image"] == f"influxdb:{s.influx.version}"
+
+
+@pytest.mark.parametrize("service, attr", [("kafka", "kafka"), ("influxdb", "influx")])
+def test_ports_are_the_local_defaults_on_loopback_only(service: str, attr: str) -> None:
+    port = getattr(Settings(), attr).port
+    assert SERVICES[service]["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+def test_every_dcpulse_env_var_names_a_real_setting() -> None:
+    for name, service in SERVICES.items():
+        for var in (service.get("environment") or {}):
+            if not var.startswith("DCPULSE_"):
+                continue
+            node: type = Settings
+            for part in var.removeprefix("DCPULSE_").lower().split("__"):
+                assert part in node.model_fields, f"{name}: {var} is not a setting"
+                node = node.model_fields[part].annotation
+                node = getattr(node, "__args__", (node,))[0]
+
+
+def test_influx_names_match_settings() -> None:
+    s = Settings().influx
+    env = SERVICES["influxdb"]["environment"]
+    assert env["DOCKER_INFLUXDB_INIT_ORG"] == s.org
+    assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == s.buckets.raw
+    assert env["DOCKER_INFLUXDB_INIT_RETENTION"] == f"{s.buckets.raw_retention_hours}h"
+    init = (ROOT / "docker" / "influxdb-init" / "create-buckets.sh").read_text()
+    assert f"--name {s.buckets.analytics} --retention {s.buckets.analytics_retention_days}d" in init
+    assert f"--name {s.buckets.alerts} --retention {s.buckets.alerts_retention_days}d" in init
+
+
+def test_dcpulse_containers_run_real_cli_commands() -> None:
+    from click.testing import CliRunner
+
+    from dcpulse.cli import main
+
+    for name, service in SERVICES.items():
+        if not name.startswith("dcpulse-"):
+            continue
+        argv = service["command"]
+        assert argv[0] == "dcpulse"
+        result = CliRunner().invoke(main, [*argv[1:], "--help"])
+        assert result.exit_code == 0, f"{name}: {argv} -> {result.output}"
+
+
+def test_dockerfile_copies_every_package_dir() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    for folder in ("dcpulse", "producers", "streams", "sinks", "services"):
+        assert f"COPY {folder} ./{folder}" in dockerfile
