@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -37,7 +38,7 @@ def publish(settings: Settings, record: Telemetry) -> None:
 
 
 def wait_for_samples(
-    settings: Settings, device: str, timeout_s: float, check: Any = None
+    settings: Settings, device: str, timeout_s: float, check: Callable[[], None] | None = None
 ) -> list[dict[str, Any]]:
     """Poll InfluxDB (read-only token) until `device` has samples, or raise after timeout_s."""
     token = influx_token(settings, "read")
