@@ -16,13 +16,16 @@ from dcpulse.settings import CONFIG_ENV_VAR, Settings, get_settings, masked_dump
 
 console = Console(stderr=False)
 
+
 def _settings() -> Settings:
     settings = get_settings()
     configure_logging(os.environ.get("DCPULSE_LOG_FORMAT", settings.log_format), settings.log_level)
     return settings
 
+
 def _say(message: str) -> None:
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False, soft_wrap=True)
+
 
 @click.group()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -34,23 +37,28 @@ def main(config_file: str | None) -> None:
         os.environ[CONFIG_ENV_VAR] = os.path.abspath(config_file)
         get_settings.cache_clear()
 
+
 @main.group()
 def config() -> None:
     """Inspect the effective configuration."""
+
 
 @config.command("show")
 def config_show() -> None:
     """Print the effective configuration (defaults < TOML file < DCPULSE_* env), secrets masked."""
     click.echo(orjson.dumps(masked_dump(_settings()), option=orjson.OPT_INDENT_2).decode())
 
+
 @main.group()
 def services() -> None:
     """The local Kafka broker and InfluxDB server (127.0.0.1 only)."""
+
 
 def _local_services():
     from dcpulse.services.manager import LocalServices
 
     return LocalServices(_settings())
+
 
 @services.command("up")
 def services_up() -> None:
@@ -63,10 +71,12 @@ def services_up() -> None:
         sys.exit(1)
     _say(f"services up in {time.monotonic() - started:.1f}s")
 
+
 @services.command("down")
 def services_down() -> None:
     """Stop both servers: SIGTERM, then SIGKILL after the grace period."""
     _local_services().down(_say)
+
 
 @services.command("status")
 def services_status() -> None:
@@ -82,6 +92,7 @@ def services_status() -> None:
         console.print(f"{row.name} log: {row.log_file}", highlight=False, soft_wrap=True)
     sys.exit(0 if all(row.healthy for row in rows) else 1)
 
+
 @services.command("logs")
 @click.argument("name", required=False, type=click.Choice(["kafka", "influxdb"]))
 @click.option("-n", "--lines", default=40, show_default=True, help="Lines from the end of each log")
@@ -96,9 +107,11 @@ def services_logs(name: str | None, lines: int) -> None:
             continue
         click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
+
 @main.group()
 def topics() -> None:
     """The project's Kafka topics (names, partitions, retention come from settings)."""
+
 
 @topics.command("list")
 def topics_list() -> None:
@@ -110,6 +123,7 @@ def topics_list() -> None:
         table.add_row(spec.name, str(spec.partitions), f"{spec.retention_ms // 3_600_000} h", spec.purpose)
     console.print(table)
 
+
 @topics.command("create")
 def topics_create() -> None:
     """Create the missing topics on the configured cluster (`services up` does this too)."""
@@ -119,12 +133,14 @@ def topics_create() -> None:
     created = ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
     _say(f"created: {', '.join(created)}" if created else "all topics already exist")
 
+
 @main.command()
 def streams() -> None:
     """Run the Faust stream processors (validation) until interrupted."""
     from dcpulse.streams.app import run_worker
 
     run_worker(_settings())
+
 
 @main.command()
 def sink() -> None:
@@ -138,6 +154,7 @@ def sink() -> None:
     runner = TelemetrySink(settings, writer)
     runner.install_signal_handlers()
     runner.run()
+
 
 @main.command()
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the read-back")
@@ -160,6 +177,7 @@ def demo(timeout: float) -> None:
         read, option=orjson.OPT_INDENT_2, default=str).decode())
     _say(f"round trip producer -> Kafka -> Faust -> sink -> InfluxDB in {seconds:.1f}s "
          "(includes worker start-up); servers left running: `dcpulse services down` stops them")
+
 
 if __name__ == "__main__":
     main()
