@@ -179,5 +179,9 @@ def demo(timeout: float) -> None:
          "(includes worker start-up); servers left running: `dcpulse services down` stops them")
 
 
+from dcpulse.producers.recording_cli import record, replay  # noqa: E402
+main.add_command(record)
+main.add_command(replay)
+
 if __name__ == "__main__":
     main()

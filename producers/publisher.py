@@ -47,7 +47,8 @@ class TelemetryPublisher:
         with self._lock:
             self.sent += 1
 
-    def _failed(self, error: BaseException, key: str) -> None:
+    def _failed(self, key: str, error: BaseException) -> None:
+        # kafka-python calls errbacks as f(*extra_args, exception).
         with self._lock:
             self.failures[type(error).__name__] += 1
         log.error("delivery failed", topic=self.topic, key=key, error=repr(error))

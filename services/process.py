@@ -56,6 +56,13 @@ class ManagedProcess:
             )
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.write_text(f"{proc.pid}\n")
+        # Between fork and exec /proc/<pid>/cmdline is not yet ours: wait for the exec so
+        # `pid()` and `is_running()` answer truthfully straight after start.
+        deadline = time.monotonic() + 5.0
+        while proc.poll() is None and not cmdline_contains(proc.pid, self.marker):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
         return proc.pid
 
     def exited_early(self) -> bool:

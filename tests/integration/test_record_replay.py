@@ -1,0 +1,239 @@
+"""Record a topic to a file and replay it into another topic, on the real broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from dcpulse.cli import main
+from dcpulse.producers.recording import (
+    RecordedMessage,
+    iter_recording,
+    read_header,
+    record,
+    replay,
+    write_recording,
+)
+from dcpulse.services.manager import LocalServices
+from dcpulse.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+KEYS = [f"site-{i % 3}/dev-{i}".encode() for i in range(10)]
+BINARY_VALUE = b"\xff\xfe\x00\x80\xc3\x28 not utf-8 \x9f"
+
+Row = tuple[bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]
+
+
+@pytest.fixture(scope="module")
+def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, str]]:
+    """Fresh source, destination and paced-replay topics, deleted afterwards."""
+    suffix = uuid.uuid4().hex[:10]
+    names = {role: f"dcpulse-test.{role}.{suffix}" for role in ("source", "dest", "paced", "live", "cli-src", "cli-dst")}
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
+    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
+                         for name in names.values()])
+    try:
+        yield names
+    finally:
+        admin.delete_topics(list(names.values()))
+        admin.close()
+
+
+def _produce(settings: Settings, topic: str, rows: list[Row]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                             enable_idempotence=True)
+    futures = [producer.send(topic, key=key, value=value, timestamp_ms=ts, headers=list(headers))
+               for key, value, ts, headers in rows]
+    producer.flush(timeout=30)
+    producer.close()
+    for future in futures:
+        future.get(timeout=1)  # raises if any record was not delivered
+
+
+def _consume_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60.0) -> list:
+    """Every record of `topic`, partition by partition in offset order, from a group-less consumer."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None,
+                             enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            got.extend(batch)
+    # A little longer, to catch records that should not be there.
+    for batch in consumer.poll(timeout_ms=1000).values():
+        got.extend(batch)
+    consumer.close(autocommit=False)
+    return got
+
+
+def _source_rows() -> list[Row]:
+    base = int(time.time() * 1000) - 120_000  # recent: well inside the broker's retention
+    rows: list[Row] = []
+    for i in range(300):
+        key = KEYS[i % len(KEYS)]
+        value = b'{"seq": %d, "key": "%s"}' % (i, key)
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if i % 3 == 0:
+            headers = (("seq", str(i).encode()), ("raw", b"\x00\xff\x01"))
+        rows.append((key, value, base + i * 37, headers))
+    rows[150] = (rows[150][0], BINARY_VALUE, rows[150][2], (("why", b"malformed on purpose"),))
+    rows[299] = (rows[299][0], None, rows[299][2], ())  # a tombstone
+    return rows
+
+
+def _row(message) -> Row:
+    return (message.key, message.value, message.timestamp,
+            tuple((k, v) for k, v in (message.headers or [])))
+
+
+def test_record_then_replay_at_max_speed_reproduces_every_record(
+    topics: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    rows = _source_rows()
+    _produce(settings, topics["source"], rows)
+    path = tmp_path / "source.jsonl.gz"
+    counts: list[int] = []
+
+    stats = record(settings.kafka.bootstrap, [topics["source"]], path, from_beginning=True,
+                   idle_timeout_s=5.0, progress=lambda n, _s: counts.append(n))
+    assert stats.records == len(rows)
+    assert stats.per_topic == {topics["source"]: len(rows)}
+    assert stats.stopped_by == "idle"
+    assert counts and counts[-1] == len(rows)
+    assert read_header(path).topics == (topics["source"],)
+    recorded = list(iter_recording(path))
+    assert sorted((m.key, m.value, m.timestamp_ms, m.headers) for m in recorded
+                  if m.value is not None) == sorted(r for r in rows if r[1] is not None)
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for m in recorded:
+        by_partition[m.partition].append(m.offset)
+    assert len(by_partition) == PARTITIONS  # the keys spread over every partition
+    assert all(offsets == sorted(offsets) for offsets in by_partition.values())
+
+    result = replay(settings.kafka.bootstrap, path, speed=None,
+                    topic_map={topics["source"]: topics["dest"]})
+    assert result.total == len(rows)
+    assert result.failed == 0, dict(result.errors)
+    assert result.delivered == len(rows)
+    assert result.per_topic == {topics["dest"]: len(rows)}
+    assert not result.interrupted
+
+    replayed = _consume_all(settings, topics["dest"], len(rows))
+    assert sorted(map(_row, replayed), key=repr) == sorted(rows, key=repr)
+    assert any(m.value == BINARY_VALUE for m in replayed)
+    assert any(m.value is None and m.key == rows[299][0] for m in replayed)
+    # Per-key order: each key's records come back in the order they were produced.
+    sent_order: dict[bytes, list] = defaultdict(list)
+    for key, value, ts, _ in rows:
+        sent_order[key].append((value, ts))
+    got_order: dict[bytes, list] = defaultdict(list)
+    for message in replayed:  # partition by partition, offsets ascending
+        got_order[message.key].append((message.value, message.timestamp))
+    assert got_order == sent_order
+
+
+def test_replay_at_10x_follows_recorded_pace_and_shifts_to_now(
+    topics: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    # Five records 500 ms apart: 2 s of recorded time, due over ~0.2 s at 10x.
+    recorded_base = 1_600_000_000_000
+    messages = [RecordedMessage(topic="recorded.topic", partition=0, offset=i,
+                                timestamp_ms=recorded_base + i * 500, key=b"k",
+                                value=b"v%d" % i, headers=(("n", b"%d" % i),))
+                for i in range(5)]
+    path = tmp_path / "paced.jsonl.gz"
+    write_recording(path, ["recorded.topic"], messages)
+
+    before_ms = int(time.time() * 1000)
+    started = time.monotonic()
+    result = replay(settings.kafka.bootstrap, path, speed=10,
+                    topic_map={"recorded.topic": topics["paced"]}, shift_to_now=True)
+    wall_s = time.monotonic() - started
+    assert result.delivered == 5 and result.failed == 0
+    # Loose lower bound only: at max speed this takes a few ms of pacing, at 10x >= 0.2 s.
+    assert wall_s >= 0.15
+    assert result.duration_s >= 0.15
+
+    got = _consume_all(settings, topics["paced"], 5)
+    assert [m.value for m in got] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+    assert [m.headers for m in got] == [[("n", b"%d" % i)] for i in range(5)]
+    stamps = [m.timestamp for m in got]
+    assert stamps[0] >= before_ms  # shifted to the replay's "now", not 2020
+    assert [b - a for a, b in zip(stamps, stamps[1:])] == [500] * 4  # recorded gaps kept
+
+
+def test_record_from_end_only_captures_new_records(
+    topics: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    old = [(b"k", b"old-%d" % i, int(time.time() * 1000), ()) for i in range(20)]
+    _produce(settings, topics["live"], old)
+    path = tmp_path / "live.jsonl.gz"
+    ready = threading.Event()
+    outcome: dict = {}
+
+    def run() -> None:
+        outcome["stats"] = record(settings.kafka.bootstrap, [topics["live"]], path,
+                                  from_beginning=False, idle_timeout_s=3.0,
+                                  progress=lambda _n, _s: ready.set())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert ready.wait(30), "recorder never started polling"
+    new = [(b"k", b"new-%d" % i, int(time.time() * 1000), ()) for i in range(5)]
+    _produce(settings, topics["live"], new)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert outcome["stats"].records == 5
+    assert [m.value for m in iter_recording(path)] == [b"new-%d" % i for i in range(5)]
+
+
+def test_cli_record_and_replay(topics: dict[str, str], settings: Settings, tmp_path: Path) -> None:
+    base = int(time.time() * 1000) - 10_000
+    rows = [(KEYS[i % 4], b"cli-%d" % i, base + i, (("i", b"%d" % i),)) for i in range(40)]
+    _produce(settings, topics["cli-src"], rows)
+    path = tmp_path / "cli.jsonl.gz"
+    runner = CliRunner()
+
+    recorded = runner.invoke(main, ["record", "--topic", topics["cli-src"], "--output", str(path),
+                                    "--idle-timeout", "3"])
+    assert recorded.exit_code == 0, recorded.output
+    assert "40 records" in recorded.output and "stopped by idle" in recorded.output
+    assert sum(1 for _ in iter_recording(path)) == 40
+
+    replayed = runner.invoke(main, ["replay", str(path), "--speed", "max", "--topic-map",
+                                    f"{topics['cli-src']}={topics['cli-dst']}"])
+    assert replayed.exit_code == 0, replayed.output
+    assert "40 of 40 records delivered" in replayed.output and "errors: none" in replayed.output
+    got = _consume_all(settings, topics["cli-dst"], 40)
+    assert sorted(map(_row, got)) == sorted(rows)
+
+
+def test_cli_reports_bad_input_clearly(topics: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(main, ["record", "--topic", f"no-such-topic-{uuid.uuid4().hex[:8]}",
+                                   "--output", str(tmp_path / "x.gz")])
+    assert missing.exit_code == 1
+    assert "does not exist" in missing.output
+    assert not (tmp_path / "x.gz").exists()
+
+    path = tmp_path / "one.jsonl.gz"
+    write_recording(path, ["a"], [RecordedMessage("a", 0, 0, 1, None, b"x")])
+    bad_speed = runner.invoke(main, ["replay", str(path), "--speed", "0"])
+    assert bad_speed.exit_code == 2 and "speed" in bad_speed.output
+    no_dest = runner.invoke(main, ["replay", str(path), "--speed", "max", "--topic-map",
+                                   f"a=no-such-topic-{uuid.uuid4().hex[:8]}"])
+    assert no_dest.exit_code == 1 and "do not exist" in no_dest.output
