@@ -8,24 +8,10 @@ import time
 
 import click
 import orjson
-from rich.console import Console
 from rich.table import Table
 
-from dcpulse.log import configure_logging
-from dcpulse.settings import CONFIG_ENV_VAR, Settings, get_settings, masked_dump
-
-console = Console(stderr=False)
-
-
-def _settings() -> Settings:
-    settings = get_settings()
-    configure_logging(os.environ.get("DCPULSE_LOG_FORMAT", settings.log_format), settings.log_level)
-    return settings
-
-
-def _say(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False, soft_wrap=True)
-
+from dcpulse.cliutil import console, load_settings, say
+from dcpulse.settings import CONFIG_ENV_VAR, get_settings, masked_dump
 
 @click.group()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -46,7 +32,7 @@ def config() -> None:
 @config.command("show")
 def config_show() -> None:
     """Print the effective configuration (defaults < TOML file < DCPULSE_* env), secrets masked."""
-    click.echo(orjson.dumps(masked_dump(_settings()), option=orjson.OPT_INDENT_2).decode())
+    click.echo(orjson.dumps(masked_dump(load_settings()), option=orjson.OPT_INDENT_2).decode())
 
 
 @main.group()
@@ -57,7 +43,7 @@ def services() -> None:
 def _local_services():
     from dcpulse.services.manager import LocalServices
 
-    return LocalServices(_settings())
+    return LocalServices(load_settings())
 
 
 @services.command("up")
@@ -65,17 +51,17 @@ def services_up() -> None:
     """Provision if needed (the first influxd build takes ~7 min), start, wait healthy. Idempotent."""
     started = time.monotonic()
     try:
-        _local_services().up(_say)
+        _local_services().up(say)
     except RuntimeError as exc:
         console.print(f"[red]services up failed:[/red] {exc}", highlight=False)
         sys.exit(1)
-    _say(f"services up in {time.monotonic() - started:.1f}s")
+    say(f"services up in {time.monotonic() - started:.1f}s")
 
 
 @services.command("down")
 def services_down() -> None:
     """Stop both servers: SIGTERM, then SIGKILL after the grace period."""
-    _local_services().down(_say)
+    _local_services().down(say)
 
 
 @services.command("status")
@@ -119,7 +105,7 @@ def topics_list() -> None:
     from dcpulse.services.topics import topic_specs
 
     table = Table("topic", "partitions", "retention", "carries")
-    for spec in topic_specs(_settings().topics):
+    for spec in topic_specs(load_settings().topics):
         table.add_row(spec.name, str(spec.partitions), f"{spec.retention_ms // 3_600_000} h", spec.purpose)
     console.print(table)
 
@@ -129,9 +115,9 @@ def topics_create() -> None:
     """Create the missing topics on the configured cluster (`services up` does this too)."""
     from dcpulse.services.topics import ensure_topics, topic_specs
 
-    settings = _settings()
+    settings = load_settings()
     created = ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
-    _say(f"created: {', '.join(created)}" if created else "all topics already exist")
+    say(f"created: {', '.join(created)}" if created else "all topics already exist")
 
 
 @main.command()
@@ -139,7 +125,7 @@ def streams() -> None:
     """Run the Faust stream processors (validation) until interrupted."""
     from dcpulse.streams.app import run_worker
 
-    run_worker(_settings())
+    run_worker(load_settings())
 
 
 @main.command()
@@ -149,7 +135,7 @@ def sink() -> None:
     from dcpulse.sinks.influx import InfluxWriter
     from dcpulse.sinks.runner import TelemetrySink
 
-    settings = _settings()
+    settings = load_settings()
     writer = InfluxWriter(settings.influx.url, influx_token(settings, "write"), settings.influx.org)
     runner = TelemetrySink(settings, writer)
     runner.install_signal_handlers()
@@ -163,10 +149,10 @@ def demo(timeout: float) -> None:
     from dcpulse.demo import run_one_record
     from dcpulse.services.manager import LocalServices
 
-    settings = _settings()
+    settings = load_settings()
     try:
-        LocalServices(settings).up(_say)
-        _say("starting the Faust worker and the InfluxDB sink, then publishing one record")
+        LocalServices(settings).up(say)
+        say("starting the Faust worker and the InfluxDB sink, then publishing one record")
         sent, read, seconds = run_one_record(settings, timeout)
     except Exception as exc:  # noqa: BLE001 - the user gets one clear line, not a traceback
         console.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}", highlight=False)
@@ -175,13 +161,17 @@ def demo(timeout: float) -> None:
         sent.model_dump(mode="json", by_alias=True), option=orjson.OPT_INDENT_2).decode())
     console.print("[bold]read back from InfluxDB[/bold] (Flux, read-only token)", orjson.dumps(
         read, option=orjson.OPT_INDENT_2, default=str).decode())
-    _say(f"round trip producer -> Kafka -> Faust -> sink -> InfluxDB in {seconds:.1f}s "
+    say(f"round trip producer -> Kafka -> Faust -> sink -> InfluxDB in {seconds:.1f}s "
          "(includes worker start-up); servers left running: `dcpulse services down` stops them")
 
 
 from dcpulse.producers.recording_cli import record, replay  # noqa: E402
 main.add_command(record)
 main.add_command(replay)
+from dcpulse.producers.simulate_cli import presets, simulate  # noqa: E402
+
+main.add_command(simulate)
+main.add_command(presets)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,99 @@
+"""`dcpulse simulate` and `dcpulse presets`: run simulated centres into Kafka."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+from dcpulse.cliutil import console, load_settings, say
+from dcpulse.producers.run import RunStats, parse_duration, parse_speed, run_scenario, truths
+from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario
+from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.producers.sitemodel import load_preset, preset_names
+
+
+@click.command()
+def presets() -> None:
+    """List the site presets with their size, design IT load and public source."""
+    table = Table("preset", "halls", "racks", "servers", "accelerators", "design IT kW", "PUE target")
+    sources = []
+    for name in preset_names():
+        site = load_preset(name)
+        c = site.counts()
+        table.add_row(name, str(c["halls"]), f"{c['racks']:,}", f"{c['servers']:,}", f"{c['accelerators']:,}",
+                      f"{c['design_it_kw']:,.0f}", f"{site.pue_target:.2f}")
+        sources.append(f"[bold]{name}[/bold]: {site.source}")
+    console.print(table)
+    for line in sources:
+        console.print(line, highlight=False)
+    console.print("Assumptions behind each preset: producers/presets/<name>.toml", highlight=False)
+
+
+def _status(stats: RunStats, sim: ScenarioSimulator, duration_s: float) -> Table:
+    table = Table("site", "messages", "sim time", "truth PUE (energy ratio)", "IT kW now", "active faults",
+                  title=f"{stats.messages:,} messages, {stats.rate:,.0f} msg/s, "
+                        f"{stats.sim_s / max(stats.wall_s, 1e-9):,.1f}x real time, "
+                        f"{stats.sim_s:,.0f}/{duration_s:,.0f} s simulated")
+    for site in sim.sites:
+        last = site.last
+        table.add_row(site.site.name, f"{stats.per_site[site.site.name]:,}", f"{stats.sim_s:,.0f} s",
+                      f"{site.truth.pue:.3f}", f"{last.it_ups_out_w / 1000:,.0f}" if last else "-",
+                      ", ".join(site.active_faults) or "-")
+    return table
+
+
+@click.command()
+@click.option("--preset", "presets_", multiple=True, help=f"Site preset (repeat for several): {', '.join(preset_names())}")
+@click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML scenario file ([[sites]], [[faults]], seed, start)")
+@click.option("--duration", default="5m", show_default=True, help="Simulated time to run: 30s, 5m, 1h")
+@click.option("--speed", default="1", show_default=True, help="Times real time, or 'max'")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's, 7)")
+@click.option("--start", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ"]),
+              default=None, help="Simulated start time (UTC), e.g. 2026-07-01T00:00:00Z")
+@click.option("--fault", "faults", multiple=True, help=FAULT_SYNTAX)
+@click.option("--topic", default=None, help="Target topic (default: the telemetry topic from settings)")
+def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: str, speed: str, seed: int | None,
+             start: datetime | None, faults: tuple[str, ...], topic: str | None) -> None:
+    """Simulate computing centres and publish their telemetry to Kafka."""
+    from dcpulse.producers.publisher import TelemetryPublisher
+
+    settings = load_settings()
+    try:
+        duration_s = parse_duration(duration)
+        pace = parse_speed(speed)
+        scenario = build_scenario(list(presets_), scenario_file, list(faults), seed, start)
+        sim = ScenarioSimulator(scenario)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    target = topic or settings.topics.telemetry
+    say(f"simulating {', '.join(s.name for s in scenario.sites)} for {duration_s:,.0f} s "
+        f"at {'max speed' if pace is None else f'{pace:g}x'}, seed {scenario.seed}, into {target}")
+    publisher = TelemetryPublisher(settings.kafka.bootstrap, target)
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        stats = run_scenario(sim, duration_s, pace, publisher.publish_raw,
+                             on_progress=lambda st: live.update(_status(st, sim, duration_s)),
+                             stop=lambda: bool(interrupted))
+        live.update(_status(stats, sim, duration_s))
+    say("flushing the producer")
+    publisher.close()
+    summary = Table("site", "messages", "facility kWh", "IT kWh (UPS out)", "truth PUE")
+    for name, truth in truths(sim).items():
+        summary.add_row(name, f"{stats.per_site[name]:,}", f"{truth.facility_kwh:,.1f}", f"{truth.it_kwh:,.1f}",
+                        f"{truth.pue:.3f}")
+    console.print(summary)
+    console.print(f"stream sha256 {stats.digest} ({stats.messages:,} messages, {stats.bytes:,} bytes) in "
+                  f"{stats.wall_s:.1f} s wall; delivered {publisher.sent:,}; failed {sum(publisher.failures.values()):,}"
+                  + (f" {dict(publisher.failures)}" if publisher.failures else ""), highlight=False)
+    if interrupted:
+        say("interrupted: stopped early after flushing what was produced")
+    if publisher.failures or publisher.sent != stats.messages:
+        sys.exit(1)
