@@ -87,7 +87,6 @@ class SiteAgents:
         for device in faults.counter_resets:
             self.reset_offset[device] = self._current_register(device)
         t_ms = self.start_ms + int(round(t_s * 1000))
-        site = self.site
         yield from self._site_devices(t_ms, dt_s, rd, faults)
         for h, (lay, hr) in enumerate(zip(self.layouts, rd.halls, strict=True)):
             hall = lay.spec.name
@@ -115,7 +114,6 @@ class SiteAgents:
             yield from self._cooling(lay, hr, t_ms, dt_s, faults)
         if faults.malformed:
             yield from self._malformed(faults.malformed, t_ms)
-        del site
 
     def _current_register(self, device: str) -> float:
         for h, lay in enumerate(self.layouts):

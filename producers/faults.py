@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from dcpulse.producers.plant import HallFaults, HallLayout
 from dcpulse.producers.sitemodel import FaultSpec
 
@@ -115,7 +113,3 @@ def validate_targets(faults: list[FaultSpec], site: str, layouts: list[HallLayou
             _find(layouts, target, "cdu_ids")
         elif fault.kind == "hot_spot":
             _find(layouts, target, "rack_ids")
-
-
-def healthy_mask(n: int) -> np.ndarray:
-    return np.ones(n, dtype=bool)

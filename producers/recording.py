@@ -4,8 +4,8 @@ File format "dcpulse.recording/1" (see docs/recording.md): gzip-compressed JSON 
 is a header; every other line is one Kafka record with key, value and header values in base64,
 because records are arbitrary bytes (malformed messages are recorded too).
 
-The first half of this module is pure (encoding, validation, pacing, timestamp shifting) and is
-unit-tested without a broker; `record` and `replay` at the end do the Kafka I/O.
+The first half of this module is pure (encoding, validation, replay order, pacing, timestamp
+shifting) and is unit-tested without a broker; `record` and `replay` at the end do the Kafka I/O.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import heapq
 import math
 import os
 import signal
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ _PROGRESS_EVERY_S = 0.2
 
 
 # --------------------------------------------------------------------------------------------
-# Pure part: records, header, reading, pacing, timestamp shifting
+# Pure part: records, header, reading, replay order, pacing, timestamp shifting
 # --------------------------------------------------------------------------------------------
 
 
@@ -296,11 +297,46 @@ def check_speed(speed: float | None) -> float | None:
     return speed
 
 
+def merge_by_timestamp(messages: Iterable[RecordedMessage]) -> list[RecordedMessage]:
+    """The replay order of `messages` (in file order): partitions merged by timestamp.
+
+    A k-way merge over one queue per (topic, partition): the next record is always the head of
+    the queue whose head has the smallest timestamp, ties going to the head that comes first in
+    the file. Records of one (topic, partition) are never reordered, so per-partition and so
+    per-key order survive even when timestamps inside a partition go backwards (producer clock
+    skew); such a record simply waits for its predecessors. A record without a timestamp (-1)
+    sorts first once it is at the head of its queue, so it goes right after the record before it
+    in its partition.
+
+    Why: a recording made from the beginning holds partitions one fetch batch at a time, so file
+    order would send one partition's whole span before the next partition's (already overdue)
+    records. With monotonic timestamps per partition the result is sorted by timestamp.
+    """
+    queues: dict[tuple[str, int], deque[tuple[int, RecordedMessage]]] = {}
+    for position, message in enumerate(messages):
+        queues.setdefault((message.topic, message.partition), deque()).append((position, message))
+    # (head timestamp, head file position, queue key): positions are unique, so keys never compare.
+    heap = [(queue[0][1].timestamp_ms, queue[0][0], key) for key, queue in queues.items()]
+    heapq.heapify(heap)
+    merged: list[RecordedMessage] = []
+    while heap:
+        key = heap[0][2]
+        queue = queues[key]
+        merged.append(queue.popleft()[1])
+        if queue:
+            position, head = queue[0]
+            heapq.heapreplace(heap, (head.timestamp_ms, position, key))
+        else:
+            heapq.heappop(heap)
+    return merged
+
+
 def due_offset_s(timestamp_ms: int, first_timestamp_ms: int, speed: float | None) -> float:
     """Seconds after replay start at which a record is due.
 
     Recorded gaps divided by `speed`; None (max) means everything is due at once. A record older
-    than the first one (another partition can lag behind) is due immediately, never "in the past".
+    than the first one (producer clock skew inside a partition) is due immediately, never "in
+    the past".
     """
     check_speed(speed)
     if speed is None or timestamp_ms < 0 or first_timestamp_ms < 0:
@@ -309,10 +345,13 @@ def due_offset_s(timestamp_ms: int, first_timestamp_ms: int, speed: float | None
 
 
 def pacing_schedule(timestamps_ms: Iterable[int], speed: float | None) -> list[float]:
-    """Due offsets (s after start) for records with these timestamps, in order.
+    """Send offsets (s after start) for records with these timestamps, in replay order.
 
-    The base is the first known timestamp (>= 0); a record without one (-1) is due right after
-    the record before it, so it neither stalls nor jumps the replay.
+    The base is the first known timestamp (>= 0); each record is due at its gap from the base
+    divided by `speed`. The schedule never goes backwards: a record older than one already sent
+    (clock skew inside a partition) is sent at once, right after it, without waiting. A record
+    without a timestamp (-1) is due right after the record before it, so it neither stalls nor
+    jumps the replay.
     """
     check_speed(speed)
     first: int | None = None
@@ -322,6 +361,7 @@ def pacing_schedule(timestamps_ms: Iterable[int], speed: float | None) -> list[f
         if ts >= 0 and first is None:
             first = ts
         due = previous if ts < 0 or first is None else due_offset_s(ts, first, speed)
+        due = max(due, previous)
         schedule.append(due)
         previous = due
     return schedule
@@ -555,13 +595,15 @@ def replay(
     progress: Progress | None = None,
     flush_timeout_s: float = 60.0,
 ) -> ReplayStats:
-    """Republish the recording at `path`, in file order, with key, value, headers, timestamp.
+    """Republish the recording at `path` with key, value, headers, timestamp.
 
-    speed=None: as fast as possible; speed=N: the recorded timestamps divided by N. With
-    `shift_to_now` the first record is stamped with the replay start time, the rest keep their
-    recorded gaps. acks=all + idempotence, so per-partition (and so per-key) order survives
-    retries. Delivery errors are counted in `errors`, never dropped; ends with a flush. The whole
-    file is validated before the first send, so a corrupt file sends nothing.
+    Order: the recorded partitions merged by timestamp, each (topic, partition) in its recorded
+    order (`merge_by_timestamp`). speed=None: as fast as possible; speed=N: the recorded
+    timestamps divided by N (`pacing_schedule`). With `shift_to_now` the first record is stamped
+    with the replay start time, the rest keep their recorded gaps. acks=all + idempotence, so
+    per-partition (and so per-key) order survives retries. Delivery errors are counted in
+    `errors`, never dropped; ends with a flush. The whole file is read (and held in memory)
+    before the first send, so a corrupt file sends nothing.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
@@ -570,9 +612,12 @@ def replay(
     path = Path(path)
     topic_map = dict(topic_map or {})
     header = read_header(path)
-    # Read the whole file once before sending anything: a corrupt line half-way must not leave
-    # the destination with half a replay.
-    total = sum(1 for _ in iter_recording(path))
+    # Read the whole file before sending anything: a corrupt line half-way must not leave the
+    # destination with half a replay. The merge needs every partition's records anyway.
+    messages = merge_by_timestamp(iter_recording(path))
+    total = len(messages)
+    schedule = pacing_schedule([m.timestamp_ms for m in messages], speed)
+    first_ts = next((m.timestamp_ms for m in messages if m.timestamp_ms >= 0), None)
     unknown = sorted(set(topic_map) - set(header.topics))
     if unknown:
         raise ValueError(f"--topic-map names topics not in the recording: {', '.join(unknown)} "
@@ -611,24 +656,22 @@ def replay(
     )
     started = time.monotonic()
     tick = _Throttle(progress, started)
-    first_ts: int | None = None
     delta_ms = 0
+    if shift_to_now and first_ts is not None:
+        # The first timed record is due at once (only untimed ones can precede it): "now".
+        delta_ms = shift_delta_ms(first_ts, int(time.time() * 1000))
     try:
         try:
             with _ctrl_c_as_flag() as ctrl_c:
-                for message in iter_recording(path):
+                for message, due_s in zip(messages, schedule, strict=True):
                     if ctrl_c.is_set():
                         raise KeyboardInterrupt
-                    if first_ts is None and message.timestamp_ms >= 0:
-                        first_ts = message.timestamp_ms
-                        if shift_to_now:
-                            delta_ms = shift_delta_ms(first_ts, int(time.time() * 1000))
-                    if speed is not None and first_ts is not None:
-                        due = started + due_offset_s(message.timestamp_ms, first_ts, speed)
-                        # Sleep in short steps so progress keeps updating across long gaps.
-                        while (delay := due - time.monotonic()) > 0 and not ctrl_c.is_set():
-                            tick(stats.submitted)
-                            time.sleep(min(delay, _PROGRESS_EVERY_S))
+                    due = started + due_s
+                    # Sleep in short steps so progress keeps updating across long gaps. The
+                    # schedule never goes backwards: an overdue record goes out at once.
+                    while (delay := due - time.monotonic()) > 0 and not ctrl_c.is_set():
+                        tick(stats.submitted)
+                        time.sleep(min(delay, _PROGRESS_EVERY_S))
                     topic = topic_map.get(message.topic, message.topic)
                     timestamp = message.timestamp_ms + delta_ms if message.timestamp_ms >= 0 else None
                     # kafka-python only sends bytes header values; Kafka's null header value

@@ -6,29 +6,17 @@ progress with rich and prints the summary. The broker address comes from setting
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import Progress, ProgressColumn, SpinnerColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from dcpulse.log import configure_logging
-from dcpulse.settings import Settings, get_settings
-
-console = Console(stderr=False)
-
-
-def _settings() -> Settings:
-    settings = get_settings()
-    configure_logging(os.environ.get("DCPULSE_LOG_FORMAT", settings.log_format), settings.log_level)
-    return settings
-
+from dcpulse.cliutil import console, load_settings
 
 class _RateColumn(ProgressColumn):
     """Records per second over rich's recent-speed window (not the whole run's average)."""
@@ -83,7 +71,7 @@ def record(topics: tuple[str, ...], output: Path, from_beginning: bool, duration
     """Record Kafka topics to a file (all partitions, no consumer group). Ctrl-C stops cleanly."""
     from dcpulse.producers.recording import record as record_topics
 
-    settings = _settings()
+    settings = load_settings()
     try:
         with _progress(f"recording {', '.join(topics)}") as progress:
             stats = record_topics(
@@ -109,7 +97,7 @@ def record(topics: tuple[str, ...], output: Path, from_beginning: bool, duration
 @click.option("--topic-map", "topic_map", multiple=True, metavar="SRC=DST",
               help="Send records of SRC to DST instead (repeatable)")
 def replay(file: Path, speed: str, shift_to_now: bool, topic_map: tuple[str, ...]) -> None:
-    """Republish a recording: keys, values, headers and timestamps, in file order."""
+    """Republish a recording: keys, values, headers and timestamps, partitions merged by time."""
     from dcpulse.producers.recording import parse_speed, parse_topic_map
     from dcpulse.producers.recording import replay as replay_file
 
@@ -118,7 +106,7 @@ def replay(file: Path, speed: str, shift_to_now: bool, topic_map: tuple[str, ...
         mapping = parse_topic_map(topic_map)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    settings = _settings()
+    settings = load_settings()
     label = f"replaying {file.name} at {'max speed' if factor is None else f'{factor:g}x'}"
     try:
         with _progress(label) as progress:

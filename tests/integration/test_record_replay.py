@@ -39,7 +39,8 @@ Row = tuple[bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]
 def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, str]]:
     """Fresh source, destination and paced-replay topics, deleted afterwards."""
     suffix = uuid.uuid4().hex[:10]
-    names = {role: f"dcpulse-test.{role}.{suffix}" for role in ("source", "dest", "paced", "live", "cli-src", "cli-dst")}
+    roles = ("source", "dest", "paced", "spread-src", "spread-dst", "live", "cli-src", "cli-dst")
+    names = {role: f"dcpulse-test.{role}.{suffix}" for role in roles}
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
     admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
                          for name in names.values()])
@@ -174,6 +175,55 @@ def test_replay_at_10x_follows_recorded_pace_and_shifts_to_now(
     stamps = [m.timestamp for m in got]
     assert stamps[0] >= before_ms  # shifted to the replay's "now", not 2020
     assert [b - a for a, b in zip(stamps, stamps[1:])] == [500] * 4  # recorded gaps kept
+
+
+def test_replay_merges_partitions_recorded_from_beginning_by_time(
+    topics: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    # 30 records 69 ms apart (~2 s of timestamps), in disjoint time slices per partition and in
+    # reverse: partition 2 holds the oldest, partition 0 the newest. Recorded from the beginning
+    # the file holds them partition batch by partition batch; paced in file order, a file that
+    # starts with partition 0 would be replayed in ~0.3 s at 2x instead of ~1 s.
+    base = int(time.time() * 1000) - 60_000
+    per_partition: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
+    for i in range(30):
+        per_partition[PARTITIONS - 1 - i // 10].append((b"v%02d" % i, base + i * 69))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                             enable_idempotence=True)
+    futures = [producer.send(topics["spread-src"], partition=partition, key=b"part-%d" % partition,
+                             value=value, timestamp_ms=ts)
+               for partition, rows in per_partition.items() for value, ts in rows]
+    producer.flush(timeout=30)
+    producer.close()
+    for future in futures:
+        future.get(timeout=1)
+
+    path = tmp_path / "spread.jsonl.gz"
+    stats = record(settings.kafka.bootstrap, [topics["spread-src"]], path, from_beginning=True,
+                   idle_timeout_s=3.0)
+    assert stats.records == 30
+    recorded = list(iter_recording(path))
+    assert {m.partition for m in recorded} == set(range(PARTITIONS))
+
+    started = time.monotonic()
+    result = replay(settings.kafka.bootstrap, path, speed=2,
+                    topic_map={topics["spread-src"]: topics["spread-dst"]})
+    wall_s = time.monotonic() - started
+    assert result.delivered == 30 and result.failed == 0, dict(result.errors)
+    # ~2 s of recorded time at 2x is ~1 s, whatever partition the file starts with. Loose lower
+    # bound only (never an upper one: a busy machine may be slower).
+    assert wall_s >= 0.7, f"replayed ~2 s of records at 2x in {wall_s:.2f}s"
+    assert result.duration_s >= 0.7
+
+    got = _consume_all(settings, topics["spread-dst"], 30)
+    assert sorted((m.value, m.timestamp) for m in got) == sorted(
+        (value, ts) for rows in per_partition.values() for value, ts in rows)
+    # Per-key (= per source partition) order survives the merge.
+    by_key: dict[bytes, list[bytes]] = defaultdict(list)
+    for message in got:  # partition by partition, offsets ascending
+        by_key[message.key].append(message.value)
+    assert by_key == {b"part-%d" % p: [value for value, _ in rows]
+                      for p, rows in per_partition.items()}
 
 
 def test_record_from_end_only_captures_new_records(

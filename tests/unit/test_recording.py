@@ -1,4 +1,5 @@
-"""The pure part of record/replay: file format, validation, pacing, timestamp shifting."""
+"""The pure part of record/replay: file format, validation, replay order, pacing, timestamp
+shifting."""
 
 import gzip
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from dcpulse.producers.recording import (
     encode_header,
     encode_record,
     iter_recording,
+    merge_by_timestamp,
     pacing_schedule,
     parse_header,
     parse_speed,
@@ -168,11 +170,18 @@ TIMESTAMPS = [10_000, 10_000, 10_500, 12_000, 11_000, 30_000]
 
 
 def test_pacing_at_speed_1_follows_recorded_gaps() -> None:
-    assert pacing_schedule(TIMESTAMPS, 1.0) == [0.0, 0.0, 0.5, 2.0, 1.0, 20.0]
+    # 11_000 after 12_000 (clock skew): sent at once after it, never "back in time".
+    assert pacing_schedule(TIMESTAMPS, 1.0) == [0.0, 0.0, 0.5, 2.0, 2.0, 20.0]
 
 
 def test_pacing_at_speed_10_divides_gaps() -> None:
-    assert pacing_schedule(TIMESTAMPS, 10.0) == pytest.approx([0.0, 0.0, 0.05, 0.2, 0.1, 2.0])
+    assert pacing_schedule(TIMESTAMPS, 10.0) == pytest.approx([0.0, 0.0, 0.05, 0.2, 0.2, 2.0])
+
+
+def test_pacing_never_goes_backwards() -> None:
+    schedule = pacing_schedule([5_000, 9_000, 1_000, 4_000, 9_500, -1, 9_000], 1.0)
+    assert schedule == [0.0, 4.0, 4.0, 4.0, 4.5, 4.5, 4.5]
+    assert schedule == sorted(schedule)
 
 
 def test_pacing_at_max_sends_everything_at_once() -> None:
@@ -185,9 +194,88 @@ def test_pacing_edge_cases() -> None:
     assert due_offset_s(9_000, 10_000, 1.0) == 0.0
     # Unknown timestamps (-1) follow the record before them; the base is the first known one.
     assert pacing_schedule([-1, 5_000, -1, 6_000], 2.0) == [0.0, 0.0, 0.0, 0.5]
+    assert pacing_schedule([5_000, 7_000, -1, 6_000], 1.0) == [0.0, 2.0, 2.0, 2.0]
+    assert pacing_schedule([], 1.0) == []
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="speed"):
             due_offset_s(1, 0, bad)
+
+
+def rec(partition: int, offset: int, ts: int, topic: str = "t") -> RecordedMessage:
+    return RecordedMessage(topic=topic, partition=partition, offset=offset, timestamp_ms=ts,
+                           key=b"p%d" % partition, value=b"%d/%d" % (partition, offset))
+
+
+def where(messages: list[RecordedMessage]) -> list[tuple[str, int, int]]:
+    return [(m.topic, m.partition, m.offset) for m in messages]
+
+
+def from_beginning_file(*partitions: list[int]) -> list[RecordedMessage]:
+    """File order of a recording made --from-beginning: one partition's batch after another."""
+    return [rec(p, offset, ts) for p, stamps in enumerate(partitions)
+            for offset, ts in enumerate(stamps)]
+
+
+def test_merge_keeps_each_partitions_order() -> None:
+    file_order = from_beginning_file([0, 300, 600, 900], [100, 400, 700], [200, 500, 800, 1100])
+    merged = merge_by_timestamp(file_order)
+    assert sorted(where(merged)) == sorted(where(file_order))  # nothing lost or duplicated
+    for partition in range(3):
+        offsets = [m.offset for m in merged if m.partition == partition]
+        assert offsets == sorted(offsets)
+
+
+def test_merge_interleaves_partitions_by_time() -> None:
+    file_order = from_beginning_file([0, 300, 600, 900], [100, 400, 700], [200, 500, 800, 1100])
+    merged = merge_by_timestamp(file_order)
+    assert [m.timestamp_ms for m in merged] == [0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1100]
+    # The bug this fixes: paced in file order, partitions 1 and 2 would be overdue after
+    # partition 0's 0.9 s and go out together; merged, the sends spread over the whole span.
+    assert pacing_schedule([m.timestamp_ms for m in file_order], 1.0)[4:] == [0.9] * 6 + [1.1]
+    assert pacing_schedule([m.timestamp_ms for m in merged], 1.0) == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.1])
+
+
+def test_merge_interleaves_topics_too() -> None:
+    file_order = [rec(0, 0, 10, "a"), rec(0, 1, 30, "a"), rec(0, 0, 20, "b"), rec(0, 1, 40, "b")]
+    assert where(merge_by_timestamp(file_order)) == [("a", 0, 0), ("b", 0, 0), ("a", 0, 1),
+                                                     ("b", 0, 1)]
+
+
+def test_merge_handles_timestamps_going_backwards_inside_a_partition() -> None:
+    # Partition 0's producer clock jumped back: 50 after 100. It must still follow 100.
+    file_order = from_beginning_file([100, 50, 200], [60, 150])
+    merged = merge_by_timestamp(file_order)
+    assert [(m.partition, m.timestamp_ms) for m in merged] == [
+        (1, 60), (0, 100), (0, 50), (1, 150), (0, 200)]
+    # The late record goes out right after its predecessor, without waiting backwards.
+    assert pacing_schedule([m.timestamp_ms for m in merged], 1.0) == pytest.approx(
+        [0.0, 0.04, 0.04, 0.09, 0.14])
+
+
+def test_merge_breaks_ties_by_file_position() -> None:
+    file_order = from_beginning_file([5, 5, 7], [5, 7], [3, 5])
+    merged = merge_by_timestamp(file_order)
+    assert where(merged) == [("t", 2, 0), ("t", 0, 0), ("t", 0, 1), ("t", 1, 0), ("t", 2, 1),
+                             ("t", 0, 2), ("t", 1, 1)]
+    # Deterministic: the same file always gives the same order, whatever the dict/heap history.
+    assert all(where(merge_by_timestamp(list(file_order))) == where(merged) for _ in range(5))
+    # Fully equal timestamps keep file order exactly.
+    same = from_beginning_file([1, 1], [1, 1], [1])
+    assert where(merge_by_timestamp(same)) == where(same)
+
+
+def test_merge_records_without_timestamp_follow_their_predecessor() -> None:
+    file_order = from_beginning_file([10, -1, 40], [20, 30])
+    assert [(m.partition, m.timestamp_ms) for m in merge_by_timestamp(file_order)] == [
+        (0, 10), (0, -1), (1, 20), (1, 30), (0, 40)]
+
+
+def test_merge_edge_cases() -> None:
+    assert merge_by_timestamp([]) == []
+    single = from_beginning_file([3, 1, 2])
+    assert merge_by_timestamp(single) == single  # one partition: its order, untouched
+    assert merge_by_timestamp(iter(single)) == single  # any iterable, read once
 
 
 @pytest.mark.parametrize("text, speed", [("1", 1.0), ("10", 10.0), ("2.5", 2.5), ("10x", 10.0),
