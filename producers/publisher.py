@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
 from dcpulse.contract import Telemetry
 from dcpulse.log import get_logger
@@ -18,12 +19,13 @@ class TelemetryPublisher:
     """acks=all + idempotence (per-partition order survives retries); key = site/device.
 
     Delivery failures are never dropped silently: each is logged and counted in
-    `failures` (by error type); `close()` flushes whatever is still buffered.
+    `failures` (by error type); `close()` flushes whatever is still buffered, after which
+    `sent` counts the records the broker acknowledged.
     """
 
     def __init__(self, bootstrap: str, topic: str, **overrides: Any) -> None:
         self.topic = topic
-        self.sent = 0
+        self.published = 0
         self.failures: Counter[str] = Counter()
         self._lock = threading.Lock()
         config: dict[str, Any] = {
@@ -31,25 +33,39 @@ class TelemetryPublisher:
             "client_id": "dcpulse-producer",
             "acks": "all",
             "enable_idempotence": True,
-            "compression_type": "gzip",
+            "compression_type": "zstd",  # as tight as gzip here at a fraction of its CPU
             "linger_ms": 20,
             "batch_size": 256 * 1024,
             "max_request_size": 2 * 1024 * 1024,
         }
         self._producer = KafkaProducer(**{**config, **overrides})
+        self._partitions: list[int] = []
+        self._partition_of: dict[bytes, int] = {}
 
     def publish(self, event: Telemetry) -> None:
         self.publish_raw(event.key.encode(), event.to_bytes())
 
     def publish_raw(self, key: bytes, value: bytes) -> None:
         """Send already-serialised bytes (the simulator's fast path, and bad input on purpose)."""
-        future = self._producer.send(self.topic, key=key, value=value)
-        future.add_callback(self._delivered)
+        future = self._producer.send(self.topic, key=key, value=value, partition=self._partition(key))
         future.add_errback(self._failed, key.decode(errors="replace"))
+        self.published += 1
 
-    def _delivered(self, _metadata: Any) -> None:
-        with self._lock:
-            self.sent += 1
+    def _partition(self, key: bytes) -> int:
+        """The default partitioner's choice (murmur2 of the key), computed once per device:
+        kafka-python's pure-Python murmur2 on every send is a fifth of the publish cost."""
+        partition = self._partition_of.get(key)
+        if partition is None:
+            if not self._partitions:
+                self._partitions = sorted(self._producer.partitions_for(self.topic))
+            partition = self._partitions[(murmur2(key) & 0x7FFFFFFF) % len(self._partitions)]
+            self._partition_of[key] = partition
+        return partition
+
+    @property
+    def sent(self) -> int:
+        """Acknowledged records: valid once flush() or close() has returned."""
+        return self.published - sum(self.failures.values())
 
     def _failed(self, key: str, error: BaseException) -> None:
         # kafka-python calls errbacks as f(*extra_args, exception).

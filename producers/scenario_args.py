@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from dcpulse.producers.run import parse_duration
@@ -32,9 +32,17 @@ def parse_fault(text: str, default_site: str) -> FaultSpec:
     return FaultSpec.model_validate(spec)
 
 
+def current_minute() -> datetime:
+    """Live runs start now (so raw data lands inside InfluxDB's retention), floored to the minute."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
 def build_scenario(presets: list[str], scenario_file: Path | None, faults: list[str],
                    seed: int | None, start: datetime | None) -> Scenario:
-    """A scenario file, or presets side by side; CLI faults, seed and start override the file."""
+    """A scenario file, or presets side by side; CLI faults, seed and start override the file.
+
+    Without a start from the file or the caller, the model's fixed default applies, which is
+    what makes a run reproducible byte for byte."""
     if scenario_file is not None:
         base = load_scenario(scenario_file)
         sites = base.sites + [load_preset(p) for p in presets]

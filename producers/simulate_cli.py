@@ -13,7 +13,7 @@ from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings, say
 from dcpulse.producers.run import RunStats, parse_duration, parse_speed, run_scenario, truths
-from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario
+from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario, current_minute
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.producers.sitemodel import load_preset, preset_names
 
@@ -55,12 +55,13 @@ def _status(stats: RunStats, sim: ScenarioSimulator, duration_s: float) -> Table
 @click.option("--duration", default="5m", show_default=True, help="Simulated time to run: 30s, 5m, 1h")
 @click.option("--speed", default="1", show_default=True, help="Times real time, or 'max'")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the scenario's, 7)")
-@click.option("--start", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%SZ"]),
-              default=None, help="Simulated start time (UTC), e.g. 2026-07-01T00:00:00Z")
+@click.option("--start", default=None,
+              help="Simulated start (UTC), e.g. 2026-07-01T00:00:00Z, or 'now' (default unless the scenario "
+                   "file sets one). Same start + seed + scenario = byte-identical stream.")
 @click.option("--fault", "faults", multiple=True, help=FAULT_SYNTAX)
 @click.option("--topic", default=None, help="Target topic (default: the telemetry topic from settings)")
 def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: str, speed: str, seed: int | None,
-             start: datetime | None, faults: tuple[str, ...], topic: str | None) -> None:
+             start: str | None, faults: tuple[str, ...], topic: str | None) -> None:
     """Simulate computing centres and publish their telemetry to Kafka."""
     from dcpulse.producers.publisher import TelemetryPublisher
 
@@ -68,13 +69,20 @@ def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: st
     try:
         duration_s = parse_duration(duration)
         pace = parse_speed(speed)
-        scenario = build_scenario(list(presets_), scenario_file, list(faults), seed, start)
+        if start is None and scenario_file is None or start == "now":
+            start_at: datetime | None = current_minute()
+        else:
+            start_at = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None
+            if start_at is not None and start_at.tzinfo is None:
+                raise ValueError("--start needs a time zone, e.g. 2026-07-01T00:00:00Z")
+        scenario = build_scenario(list(presets_), scenario_file, list(faults), seed, start_at)
         sim = ScenarioSimulator(scenario)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     target = topic or settings.topics.telemetry
     say(f"simulating {', '.join(s.name for s in scenario.sites)} for {duration_s:,.0f} s "
-        f"at {'max speed' if pace is None else f'{pace:g}x'}, seed {scenario.seed}, into {target}")
+        f"at {'max speed' if pace is None else f'{pace:g}x'}, seed {scenario.seed}, "
+        f"start {scenario.start.isoformat().replace('+00:00', 'Z')}, into {target}")
     publisher = TelemetryPublisher(settings.kafka.bootstrap, target)
     interrupted = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))

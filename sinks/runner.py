@@ -13,10 +13,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from datetime import timedelta
+
+from influxdb_client import Point
+from influxdb_client.rest import ApiException
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
 
-from dcpulse.contract import Telemetry
+from dcpulse.contract import Telemetry, utc_now
 from dcpulse.log import get_logger
 from dcpulse.settings import Settings
 from dcpulse.sinks.influx import InfluxWriter
@@ -25,6 +30,17 @@ from dcpulse.streams.validation import Rejection, dead_letter, validate
 
 log = get_logger(__name__)
 GROUP_ID = "dcpulse-sink"
+RETENTION_MARGIN = timedelta(minutes=5)  # do not race the retention boundary
+
+
+def is_permanent(exc: ApiException) -> bool:
+    """4xx other than 401/403 (a revoked token may be fixed) and 429 (back-pressure): retrying
+    the same points cannot succeed."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status not in (401, 403, 429)
+
+
+def _body(exc: ApiException) -> str:
+    return (exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body))[:500]
 
 
 @dataclass
@@ -73,14 +89,19 @@ class TelemetrySink:
         records = [record for batch in polled.values() for record in batch]
         if not records:
             return 0
-        points = []
+        pending: list[tuple[ConsumerRecord, Point]] = []
+        oldest = utc_now() - timedelta(hours=self.settings.influx.buckets.raw_retention_hours) + RETENTION_MARGIN
         for record in records:
             outcome = validate(record.value)
-            if isinstance(outcome, Telemetry):
-                points.append(telemetry_point(outcome))
-            else:
+            if not isinstance(outcome, Telemetry):
                 self._dead_letter(outcome, record)
-        self._write_until_acknowledged(points)
+            elif outcome.ts < oldest:
+                # InfluxDB would drop it (HTTP 422): say so instead of retrying forever.
+                self._dead_letter(Rejection("outside_retention", f"ts {outcome.ts.isoformat()} is older than "
+                                            f"the raw bucket's retention"), record)
+            else:
+                pending.append((record, telemetry_point(outcome)))
+        self._write_until_acknowledged(pending)
         self.deadletters.flush(timeout=30)
         try:
             self.consumer.commit()
@@ -88,31 +109,57 @@ class TelemetrySink:
             # Partitions moved to another sink during a rebalance: it will redeliver, and the
             # points are idempotent, so nothing is lost or doubled.
             log.warning("commit failed after rebalance", error=str(exc))
-        self.stats.written += len(points)
         self.stats.batches += 1
         return len(records)
 
-    def _write_until_acknowledged(self, points: list) -> None:
+    def _write_until_acknowledged(self, pending: list[tuple[ConsumerRecord, Point]]) -> None:
+        """Write the batch; retry transient failures forever (paused); split on a rejection."""
         delay = 0.5
+        bucket = self.settings.influx.buckets.raw
         while True:
             try:
-                self.writer.write(self.settings.influx.buckets.raw, points)
+                self.writer.write(bucket, [point for _, point in pending])
+                self.stats.written += len(pending)
                 break
-            except Exception as exc:  # noqa: BLE001 - any failure means "not durable yet"
-                if self.stopping.is_set():
-                    raise
-                self.stats.write_retries += 1
-                log.warning("influx write failed, pausing consumption and retrying",
-                            error=str(exc)[:300], retry_in_s=delay, points=len(points))
-                if self.consumer.assignment():
-                    self.consumer.pause(*self.consumer.assignment())
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline and not self.stopping.is_set():
-                    self._poll_paused()
-                delay = min(delay * 2, 30.0)
+            except ApiException as exc:
+                if is_permanent(exc):
+                    self._write_one_by_one(pending)
+                    break
+                failure: Exception = exc
+            except Exception as exc:  # noqa: BLE001 - connection refused, timeout...: not durable yet
+                failure = exc
+            if self.stopping.is_set():
+                raise RuntimeError("stopping with an unwritten batch; its offsets stay uncommitted")
+            # Transient: back off with consumption paused (memory stays at one batch), retry.
+            self.stats.write_retries += 1
+            log.warning("influx write failed, pausing consumption and retrying",
+                        error=str(failure)[:300], retry_in_s=delay, points=len(pending))
+            if self.consumer.assignment():
+                self.consumer.pause(*self.consumer.assignment())
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not self.stopping.is_set():
+                self._poll_paused()
+            delay = min(delay * 2, 30.0)
         if self.consumer.paused():
             self.consumer.resume(*self.consumer.paused())
             log.info("influx writes acknowledged again, consumption resumed")
+
+    def _write_one_by_one(self, pending: list[tuple[ConsumerRecord, Point]]) -> None:
+        """InfluxDB refused the batch (4xx): find the points it refuses, dead-letter them, keep the rest."""
+        bucket = self.settings.influx.buckets.raw
+        for record, point in pending:
+            while True:
+                try:
+                    self.writer.write(bucket, [point])
+                    self.stats.written += 1
+                    break
+                except ApiException as exc:
+                    if is_permanent(exc):
+                        self._dead_letter(Rejection("influx_rejected", f"HTTP {exc.status}: {_body(exc)}"), record)
+                        break
+                    time.sleep(1.0)  # transient in the middle of the split: retry this point
+                except Exception:  # noqa: BLE001
+                    time.sleep(1.0)
 
     def _poll_paused(self) -> None:
         """Poll only to keep group membership. A partition assigned by a rebalance meanwhile is

@@ -25,7 +25,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,  # faust's web server binds all interfaces by default
         producer_acks=-1,
-        producer_compression_type="gzip",
+        producer_compression_type="zstd",
     )
     raw_codec = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     raw_topic = app.topic(settings.topics.telemetry, **raw_codec)

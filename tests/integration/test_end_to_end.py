@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -47,6 +47,33 @@ def _tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
     return consumer
 
 
+def _wait_for_dead_letter(consumer: KafkaConsumer, key: bytes, timeout_s: float = 60) -> dict | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            for message in batch:
+                if message.key == key:
+                    return orjson.loads(message.value)
+    return None
+
+
+def test_record_older_than_raw_retention_is_dead_lettered_by_the_sink(
+    services: LocalServices, settings: Settings, tmp_path
+) -> None:
+    """InfluxDB would refuse it (HTTP 422); the sink must say why, not retry forever."""
+    old = demo_record().model_copy(update={"ts": datetime(2020, 1, 1, tzinfo=UTC)})
+    good = demo_record()
+    deadletters = _tail_consumer(settings, settings.topics.deadletter)
+    with running_pipeline(settings, log_dir=tmp_path) as pipeline:
+        publish(settings, old)
+        publish(settings, good)
+        rows = wait_for_samples(settings, good.device, timeout_s=120, check=pipeline.check_alive)
+        found = _wait_for_dead_letter(deadletters, old.key.encode())
+    deadletters.close()
+    assert rows and rows[0]["power_kw"] == 42.5
+    assert found is not None and found["reason"] == "outside_retention" and found["stage"] == "sink"
+
+
 def test_bad_record_is_dead_lettered_and_good_one_still_lands(
     services: LocalServices, settings: Settings, tmp_path
 ) -> None:
@@ -61,13 +88,7 @@ def test_bad_record_is_dead_lettered_and_good_one_still_lands(
         producer.close()
         publish(settings, good)
         rows = wait_for_samples(settings, good.device, timeout_s=120, check=pipeline.check_alive)
-        found = None
-        deadline = time.monotonic() + 60
-        while found is None and time.monotonic() < deadline:
-            for batch in deadletters.poll(timeout_ms=500).values():
-                for message in batch:
-                    if message.key == key:
-                        found = orjson.loads(message.value)
+        found = _wait_for_dead_letter(deadletters, key)
     deadletters.close()
     assert rows and rows[0]["power_kw"] == 42.5
     assert found is not None, "bad record never reached the dead-letter topic"
