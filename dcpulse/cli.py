@@ -95,6 +95,23 @@ def services_logs(name: str | None, lines: int) -> None:
 
 
 @main.group()
+def schema() -> None:
+    """The event contract's JSON Schemas."""
+
+
+@schema.command("export")
+@click.argument("directory", type=click.Path(file_okay=False), default="docs/schema")
+def schema_export(directory: str) -> None:
+    """Write telemetry-v1 and deadletter-v1 JSON Schemas into DIRECTORY."""
+    from pathlib import Path
+
+    from dcpulse.schemas import export
+
+    for path in export(Path(directory)):
+        say(f"wrote {path}")
+
+
+@main.group()
 def topics() -> None:
     """The project's Kafka topics (names, partitions, retention come from settings)."""
 

@@ -100,7 +100,7 @@ def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: st
     console.print(summary)
     console.print(f"stream sha256 {stats.digest} ({stats.messages:,} messages, {stats.bytes:,} bytes) in "
                   f"{stats.wall_s:.1f} s wall; delivered {publisher.sent:,}; failed {sum(publisher.failures.values()):,}"
-                  + (f" {dict(publisher.failures)}" if publisher.failures else ""), highlight=False)
+                  + (f" {dict(publisher.failures)}" if publisher.failures else ""), highlight=False, soft_wrap=True)
     if interrupted:
         say("interrupted: stopped early after flushing what was produced")
     if publisher.failures or publisher.sent != stats.messages:
