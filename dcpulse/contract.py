@@ -1,8 +1,9 @@
 """Event contract v1: what travels on the telemetry topics.
 
 One message is one device's sample at one event time: several metrics of that device are
-batched in `metrics` (name -> finite float). The Kafka key is `site/device`, so every sample of
-a device lands on one partition and keeps its order.
+batched in `metrics` (name -> finite float). The Kafka key is the site: all of a site's samples
+share one partition, so each device's samples keep their order and the window stage can derive
+its event-time watermark from a single, fixed-order source (replays give identical windows).
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class Telemetry(BaseModel):
 
     @property
     def key(self) -> str:
+        """The Kafka key: the site (see the module docstring for why not the device)."""
+        return self.site
+
+    @property
+    def device_id(self) -> str:
+        """Unique across sites: what duplicate detection and per-device state are keyed by."""
         return f"{self.site}/{self.device}"
 
     def to_bytes(self) -> bytes:
@@ -101,6 +108,30 @@ class DeadLetter(BaseModel):
     original_key_b64: str | None
     original_value_b64: str
     rejected_at: UtcDatetime
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True))
+
+
+class AnalyticsPoint(BaseModel):
+    """A derived result (PUE, pPUE, efficiency, utilisation) on its way to InfluxDB.
+
+    Keyed by (measurement, tags, time = window start): recomputing a window yields the same
+    point, so at-least-once delivery overwrites instead of duplicating (docs/influx-schema.md).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_id: Literal["dcpulse.analytics/1"] = Field("dcpulse.analytics/1", alias="schema")
+    measurement: Name
+    tags: dict[Name, str]
+    fields: dict[Name, float | str]
+    time: UtcDatetime
+
+    @property
+    def key(self) -> str:
+        tags = ",".join(f"{k}={v}" for k, v in sorted(self.tags.items()))
+        return f"{self.measurement},{tags}@{self.time.isoformat()}"
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))

@@ -66,7 +66,7 @@ class SiteAgents:
         if envelope is None:
             head = orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": self.site.name, "hall": hall, "row": row,
                                  "rack": rack, "device": device, "kind": kind.value})[:-1] + b","
-            envelope = (f"{self.site.name}/{device}".encode(), head,
+            envelope = (self.site.name.encode(), head,
                         int(self.rng.uniform(0, PHASE_SPREAD_S) * 1000))
             self.envelopes[device] = envelope
         return envelope
@@ -125,7 +125,8 @@ class SiteAgents:
             pdu_kwh = np.round(self.pdu_energy[h], 3).tolist()
             for r, rack in enumerate(lay.rack_ids):
                 msg = self._message(f"pdu-{rack}", DeviceKind.PDU, t_ms,
-                                    {"power_kw": pdu_kw[r], "energy_kwh": pdu_kwh[r]},
+                                    {"power_kw": pdu_kw[r], "energy_kwh": pdu_kwh[r],
+                                     "rated_kw": lay.spec.rack_provisioned_kw},
                                     faults, hall=hall, row=lay.rack_row[r], rack=rack)
                 if msg:
                     yield msg
@@ -185,15 +186,16 @@ class SiteAgents:
         inlet = np.round(hr.inlet_c + rng.normal(0, 0.1, n), 1).tolist()
         outlet = np.round(hr.outlet_c + rng.normal(0, 0.1, n), 1).tolist()
         fan = np.round(hr.server_fan_w).tolist()
+        host = np.round(hr.host_w * (1 + rng.normal(0, 0.005, n))).tolist()
         acc = np.stack([np.round(hr.acc_power_w * (1 + rng.normal(0, 0.005, (n, a)))),
                         np.round(hr.acc_util, 3),
                         np.round(hr.acc_temp_c + rng.normal(0, 0.2, (n, a))),
                         hr.acc_throttle.astype(float)], axis=2).reshape(n, 4 * a).tolist()
-        names = ["power_w", "energy_kwh", "cpu_util", "inlet_c", "outlet_c", "fan_w"] + [
+        names = ["power_w", "energy_kwh", "cpu_util", "cpu_power_w", "inlet_c", "outlet_c", "fan_w"] + [
             f"acc{i}_{m}" for i in range(a) for m in ("power_w", "util", "temp_c", "throttle")]
         hall = lay.spec.name
         for s, server in enumerate(lay.server_ids):
-            values = [power[s], energy[s], cpu[s], inlet[s], outlet[s], fan[s], *acc[s]]
+            values = [power[s], energy[s], cpu[s], host[s], inlet[s], outlet[s], fan[s], *acc[s]]
             r = int(lay.server_rack[s])
             msg = self._message(server, DeviceKind.SERVER, t_ms, dict(zip(names, values, strict=True)), faults,
                                 hall=hall, row=lay.rack_row[r], rack=lay.rack_ids[r])
@@ -211,6 +213,7 @@ class SiteAgents:
                 "pressure_bar": round(self._noisy(float(hr.cdu_pressure_bar[i]), 0.002), 3),
                 "level_pct": round(float(hr.cdu_level_pct[i]), 1),
                 "pumps_running": float(hr.cdu_pumps_running[i]),
+                "capacity_kw": round(float(lay.cdu_design_kw[i]) * 1.25, 1),
                 "power_kw": round(float(hr.cdu_pump_w[i]) / 1000, 3),
                 "energy_kwh": self._register(cdu, float(hr.cdu_pump_w[i]), dt_s),
             }, faults, hall=hall)
@@ -233,7 +236,7 @@ class SiteAgents:
 
     def _malformed(self, count: int, t_ms: int) -> Iterator[Message]:
         """Bad input for the downstream validation: one of each kind in turn."""
-        key = f"{self.site.name}/facility-meter".encode()
+        key = self.site.name.encode()
         good = {"schema": TELEMETRY_SCHEMA, "site": self.site.name, "device": "facility-meter",
                 "kind": "facility_meter", "seq": 0, "ts": self.iso(t_ms), "metrics": {"power_kw": 1.0}}
         variants = [

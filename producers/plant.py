@@ -111,6 +111,7 @@ class HallReadings:
     acc_temp_c: F
     acc_throttle: NDArray[np.int64]
     cpu_util: F
+    host_w: F  # CPUs, memory, NICs: the non-accelerator compute components (ITUE)
     server_input_w: F
     server_fan_w: F
     inlet_c: F
@@ -252,7 +253,7 @@ def step_hall(lay: HallLayout, state: HallState, util: F, cpu_util: F, faults: H
     crah_fan_w = float(ph.affinity_power(h.crah_fan_w_per_m3_s * design_flow, max(air_flow / design_flow, 0.3)))
     new_state = HallState(supply, ret, pressure, level, chip)
     readings = HallReadings(
-        acc_util=eff_util, acc_power_w=acc_w, acc_temp_c=chip, acc_throttle=throttle, cpu_util=cpu_util,
+        acc_util=eff_util, acc_power_w=acc_w, acc_temp_c=chip, acc_throttle=throttle, cpu_util=cpu_util, host_w=base_w,
         server_input_w=server_in, server_fan_w=fan_w, inlet_c=inlet_c, outlet_c=outlet_c,
         pdu_out_w=pdu_out, pdu_in_w=pdu_in, ups_out_w=ups_out, ups_in_w=ups_in,
         q_liquid_w=float(q_cdu.sum()), q_air_w=q_air,

@@ -16,7 +16,7 @@ log = get_logger(__name__)
 
 
 class TelemetryPublisher:
-    """acks=all + idempotence (per-partition order survives retries); key = site/device.
+    """acks=all + idempotence (per-partition order survives retries); key = the site.
 
     Delivery failures are never dropped silently: each is logged and counted in
     `failures` (by error type); `close()` flushes whatever is still buffered, after which
