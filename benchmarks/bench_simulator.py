@@ -39,7 +39,7 @@ def simulator_only(preset: str, seconds: float) -> dict[str, float]:
     sim = ScenarioSimulator(build_scenario([preset], None, [], 7, None))
     samples = 0
 
-    def count(_key: bytes, value: bytes) -> None:
+    def count(_key: bytes, value: bytes, _ts_ms: int) -> None:
         nonlocal samples
         samples += value.count(b'":') - 9  # metric entries: every "name": minus the envelope's 9 fields
 

@@ -147,39 +147,51 @@ def streams() -> None:
 
 @main.command()
 def sink() -> None:
-    """Run the InfluxDB sink (valid telemetry -> raw bucket) until interrupted."""
+    """Run the InfluxDB sinks (valid telemetry -> raw bucket, results -> analytics) until interrupted."""
     from dcpulse.services.onboarding import influx_token
     from dcpulse.sinks.influx import InfluxWriter
-    from dcpulse.sinks.runner import TelemetrySink
+    from dcpulse.sinks.runner import build_sinks, run_sinks
 
     settings = load_settings()
-    writer = InfluxWriter(settings.influx.url, influx_token(settings, "write"), settings.influx.org)
-    runner = TelemetrySink(settings, writer)
-    runner.install_signal_handlers()
-    runner.run()
+    token = influx_token(settings, "write")
+    run_sinks(build_sinks(settings, lambda: InfluxWriter(settings.influx.url, token, settings.influx.org)))
 
 
 @main.command()
-@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for the read-back")
-def demo(timeout: float) -> None:
-    """Start the servers, push one record through the whole pipeline and read it back."""
-    from dcpulse.demo import run_one_record
+@click.option("--minutes", default=8, show_default=True, help="Simulated minutes of the small preset")
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for the results")
+def demo(minutes: int, timeout: float) -> None:
+    """Start the servers, run the small site through the whole pipeline, print PUE and utilisation."""
+    from dcpulse.demo import run_small_site
     from dcpulse.services.manager import LocalServices
 
     settings = load_settings()
     try:
         LocalServices(settings).up(say)
-        say("starting the Faust worker and the InfluxDB sink, then publishing one record")
-        sent, read, seconds = run_one_record(settings, timeout)
+        say("starting the Faust worker and the InfluxDB sinks; simulating the small preset")
+        result = run_small_site(settings, minutes, say, timeout)
     except Exception as exc:  # noqa: BLE001 - the user gets one clear line, not a traceback
         console.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}", highlight=False)
         sys.exit(1)
-    console.print("[bold]written to Kafka[/bold]", orjson.dumps(
-        sent.model_dump(mode="json", by_alias=True), option=orjson.OPT_INDENT_2).decode())
-    console.print("[bold]read back from InfluxDB[/bold] (Flux, read-only token)", orjson.dumps(
-        read, option=orjson.OPT_INDENT_2, default=str).decode())
-    say(f"round trip producer -> Kafka -> Faust -> sink -> InfluxDB in {seconds:.1f}s "
-         "(includes worker start-up); servers left running: `dcpulse services down` stops them")
+    table = Table("window start (UTC)", "PUE cat 1 (UPS out)", "PUE cat 2 (PDU out)", "PUE cat 3 (server in)",
+                  "coverage", "quality", title=f"PUE per minute, site {result['site']}, read back from InfluxDB")
+    by_time: dict = {}
+    for row in result["pue"]:
+        by_time.setdefault(row["_time"], {})[row["category"]] = row
+    for t, cats in sorted(by_time.items()):
+        cells = [f"{cats[c]['pue']:.3f}" if c in cats and cats[c].get("pue") is not None else "-" for c in "123"]
+        worst = min(cats.values(), key=lambda r: r["coverage"])
+        table.add_row(f"{t:%H:%M}", *cells, f"{worst['coverage']:.2f}", worst["quality"])
+    console.print(table)
+    last = max(r["_time"] for r in result["utilisation"])
+    util = Table("level", "entity", "acc util mean", "p95", "max", "power / provisioned", "heat / CDU capacity",
+                 title=f"Utilisation, minute starting {last:%H:%M} UTC")
+    for row in (r for r in result["utilisation"] if r["_time"] == last):
+        util.add_row(row["level"], row["entity"], *(f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in
+                     ("acc_util_mean", "acc_util_p95", "acc_util_max", "power_ratio", "heat_ratio")))
+    console.print(util)
+    say(f"simulator ground truth over the run: PUE {result['truth_pue']:.3f} (category 1); "
+        f"{result['messages']:,} samples. Servers left running: `dcpulse services down` stops them")
 
 
 from dcpulse.producers.recording_cli import record, replay  # noqa: E402

@@ -64,3 +64,44 @@ def run_one_record(settings: Settings, timeout_s: float = 120.0) -> tuple[Teleme
         publish(settings, record)
         rows = wait_for_samples(settings, record.device, timeout_s, check=pipeline.check_alive)
         return record, rows[0], time.monotonic() - started
+
+
+def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], None] = print,
+                   timeout_s: float = 180.0) -> dict[str, Any]:
+    """The `small` preset through the whole pipeline: simulate the last `minutes` minutes at max
+    speed, let the Faust worker window them and the sinks land them, read the results back."""
+    from dcpulse.producers.run import run_scenario
+    from dcpulse.producers.scenario_args import build_scenario, current_minute
+    from dcpulse.producers.simulator import ScenarioSimulator
+    from dcpulse.sinks.query import measurement_query, read_rows
+
+    start = current_minute() - timedelta(minutes=minutes)
+    scenario = build_scenario(["small"], None, [], 7, start)
+    sim = ScenarioSimulator(scenario)
+    token = influx_token(settings, "read")
+    bucket = settings.influx.buckets.analytics
+    site = scenario.sites[0].name
+    # Windows close once event time is `allowed_lateness_s` past their end: all but the last
+    # minute or two of the run close.
+    expected_last = start + timedelta(minutes=minutes - 2)
+    with running_pipeline(settings) as pipeline:
+        publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+        stats = run_scenario(sim, minutes * 60.0, None, publisher.publish_raw)
+        publisher.close()
+        say(f"published {stats.messages:,} samples of {minutes} simulated minutes (start {start:%H:%M} UTC); "
+            "waiting for the windows to land in InfluxDB")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            pipeline.check_alive()
+            pue_rows = read_rows(settings.influx.url, token, settings.influx.org,
+                                 measurement_query(bucket, "pue", site, start))
+            minutes_in = [r for r in pue_rows if r["window"] == "1m" and r["_time"] >= expected_last]
+            if len({r["category"] for r in minutes_in}) == 3:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PUE windows for {site} did not reach InfluxDB within {timeout_s:.0f}s")
+            time.sleep(1.0)
+        util_rows = read_rows(settings.influx.url, token, settings.influx.org,
+                              measurement_query(bucket, "utilisation", site, start))
+    return {"site": site, "start": start, "pue": [r for r in pue_rows if r["window"] == "1m"],
+            "utilisation": util_rows, "truth_pue": sim.sites[0].truth.pue, "messages": stats.messages}

@@ -98,6 +98,25 @@ class TopicSettings(BaseModel):
     def deadletter(self) -> str:
         return self.name("deadletter")
 
+    @property
+    def pue(self) -> str:
+        return self.name("pue")
+
+    @property
+    def utilisation(self) -> str:
+        return self.name("utilisation")
+
+
+class AnalyticsSettings(BaseModel):
+    window_s: int = Field(60, ge=10, description="Tumbling window, aligned to UTC")
+    allowed_lateness_s: float = Field(30.0, ge=0, description="Must exceed the agents' sample interval")
+    rollups_s: tuple[int, ...] = Field((900, 3600), description="Roll-ups from minute energies")
+    coverage_complete: float = Field(0.99, gt=0, le=1)
+    coverage_usable: float = Field(0.9, gt=0, le=1)
+    meter_forget_s: float = Field(3600.0, gt=0, description="A meter silent this long is no longer expected")
+    max_gap_windows: int = Field(1440, ge=1, description="Skip, not emit, empty windows beyond this jump")
+    idle_source_s: float = Field(300.0, gt=0, description="A source this far behind the newest stops holding windows")
+
 
 class ServicesSettings(BaseModel):
     cache_dir: Path = Field(
@@ -112,6 +131,17 @@ class ServicesSettings(BaseModel):
     stop_grace_s: float = Field(30.0, gt=0)
 
 
+class ValidationSettings(BaseModel):
+    """The Faust validation stage (docs/architecture.md, section Validation)."""
+
+    max_clock_skew_s: float = Field(
+        60.0, ge=0, description="A record this far ahead of its partition's clock is dead-lettered clock_skew"
+    )
+    max_message_bytes: int = Field(
+        65536, ge=1, description="Larger raw messages are dead-lettered oversize before parsing"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DCPULSE_", env_nested_delimiter="__", extra="ignore"
@@ -121,6 +151,8 @@ class Settings(BaseSettings):
     influx: InfluxSettings = InfluxSettings()
     topics: TopicSettings = TopicSettings()
     services: ServicesSettings = ServicesSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
+    validation: ValidationSettings = ValidationSettings()
     log_format: str = Field("auto", description="auto (console on a TTY, else json) | json | console")
     log_level: str = "info"
 

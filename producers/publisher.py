@@ -45,9 +45,11 @@ class TelemetryPublisher:
     def publish(self, event: Telemetry) -> None:
         self.publish_raw(event.key.encode(), event.to_bytes())
 
-    def publish_raw(self, key: bytes, value: bytes) -> None:
-        """Send already-serialised bytes (the simulator's fast path, and bad input on purpose)."""
-        future = self._producer.send(self.topic, key=key, value=value, partition=self._partition(key))
+    def publish_raw(self, key: bytes, value: bytes, timestamp_ms: int | None = None) -> None:
+        """Send already-serialised bytes (the simulator's fast path, and bad input on purpose).
+        timestamp_ms: the record's Kafka timestamp (event time); default: now."""
+        future = self._producer.send(self.topic, key=key, value=value, partition=self._partition(key),
+                                     timestamp_ms=timestamp_ms)
         future.add_errback(self._failed, key.decode(errors="replace"))
         self.published += 1
 

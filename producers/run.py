@@ -23,19 +23,6 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_S[match.group(2)]
 
 
-def parse_speed(text: str) -> float | None:
-    """'max' -> None (as fast as possible); '1', '10', '0.5' -> times real time."""
-    if text.strip().lower() == "max":
-        return None
-    try:
-        speed = float(text)
-    except ValueError:
-        raise ValueError(f"speed must be a number or 'max', got {text!r}") from None
-    if speed <= 0:
-        raise ValueError("speed must be > 0")
-    return speed
-
-
 @dataclass
 class RunStats:
     messages: int = 0
@@ -55,12 +42,15 @@ def run_scenario(
     sim: ScenarioSimulator,
     duration_s: float,
     speed: float | None,
-    send: Callable[[bytes, bytes], None],
+    send: Callable[[bytes, bytes, int], None],
     on_progress: Callable[[RunStats], None] | None = None,
     progress_every_s: float = 0.5,
     stop: Callable[[], bool] = lambda: False,
 ) -> RunStats:
-    """Publish every message of `duration_s` simulated seconds through `send(key, value)`.
+    """Publish every message of `duration_s` simulated seconds through `send(key, value, ts_ms)`.
+
+    ts_ms is the tick's simulated time: the Kafka record timestamp, so a recording of the topic
+    replays at 1x with the plant's own pacing.
 
     speed N sleeps so that simulated time advances N times faster than the wall clock; None
     runs flat out. Timestamps inside messages come from the simulated clock either way.
@@ -69,7 +59,9 @@ def run_scenario(
     digest = hashlib.sha256()
     started = time.monotonic()
     last_report = started
+    start_ms = int(sim.scenario.start.timestamp() * 1000)
     for batch in sim.run(duration_s):
+        batch_ms = start_ms + int(round(batch.t_s * 1000))
         if speed is not None:
             due = started + batch.t_s / speed
             delay = due - time.monotonic()
@@ -77,7 +69,7 @@ def run_scenario(
                 time.sleep(delay)
             stats.behind_s = max(0.0, -delay)
         for key, value in batch.messages:
-            send(key, value)
+            send(key, value, batch_ms)
             digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
             stats.bytes += len(value)
         stats.messages += len(batch.messages)

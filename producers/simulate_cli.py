@@ -12,7 +12,8 @@ from rich.live import Live
 from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings, say
-from dcpulse.producers.run import RunStats, parse_duration, parse_speed, run_scenario, truths
+from dcpulse.producers.recording import parse_speed
+from dcpulse.producers.run import RunStats, parse_duration, run_scenario, truths
 from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario, current_minute
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.producers.sitemodel import load_preset, preset_names

@@ -29,6 +29,10 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
                   "samples that passed validation"),
         TopicSpec(settings.deadletter, settings.derived_partitions, derived_ms,
                   "rejected records with reason and original bytes"),
+        TopicSpec(settings.pue, settings.telemetry_partitions, derived_ms,
+                  "PUE (categories 1-3), pPUE, WUE, ITUE/TUE per site and window"),
+        TopicSpec(settings.utilisation, settings.telemetry_partitions, derived_ms,
+                  "utilisation per rack, hall and site and window"),
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from influxdb_client import Point, WritePrecision
 
-from dcpulse.contract import Telemetry
+from dcpulse.contract import AnalyticsPoint, Telemetry
 
 
 def telemetry_point(event: Telemetry) -> Point:
@@ -21,3 +21,13 @@ def telemetry_point(event: Telemetry) -> Point:
     for name, value in event.metrics.items():
         point = point.field(name, float(value))
     return point.field("seq", event.seq).time(event.ts, WritePrecision.NS)
+
+
+def analytics_point(result: AnalyticsPoint) -> Point:
+    """measurement, tags and fields as computed; time = window start (second precision)."""
+    point = Point(result.measurement)
+    for tag, value in sorted(result.tags.items()):
+        point = point.tag(tag, value)
+    for name, value in sorted(result.fields.items()):
+        point = point.field(name, value)
+    return point.time(result.time, WritePrecision.S)

@@ -28,15 +28,29 @@ def device_samples_query(bucket: str, device: str, start: datetime) -> str:
     )
 
 
-def read_device_samples(
-    url: str, token: str, org: str, bucket: str, device: str, start: datetime
-) -> list[dict[str, Any]]:
-    """Every sample of `device` since `start`, one dict per timestamp (tags and fields)."""
+def measurement_query(bucket: str, measurement: str, site: str, start: datetime) -> str:
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: {flux_time(start)})\n"
+        f"  |> filter(fn: (r) => r._measurement == {flux_string(measurement)} and r.site == {flux_string(site)})\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+    )
+
+
+def read_rows(url: str, token: str, org: str, query: str) -> list[dict[str, Any]]:
+    """Run a Flux query; one dict per row (tags and pivoted fields), sorted by time."""
     with InfluxDBClient(url=url, token=token, org=org, timeout=30_000) as client:
-        tables = client.query_api().query(device_samples_query(bucket, device, start), org=org)
+        tables = client.query_api().query(query, org=org)
     rows = []
     for table in tables:
         for record in table.records:
             rows.append({k: v for k, v in record.values.items()
                          if k not in ("result", "table", "_start", "_stop")})
     return sorted(rows, key=lambda row: row["_time"])
+
+
+def read_device_samples(
+    url: str, token: str, org: str, bucket: str, device: str, start: datetime
+) -> list[dict[str, Any]]:
+    """Every sample of `device` since `start`, one dict per timestamp (tags and fields)."""
+    return read_rows(url, token, org, device_samples_query(bucket, device, start))

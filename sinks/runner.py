@@ -1,8 +1,9 @@
-"""The sink process: valid telemetry topic -> InfluxDB raw bucket, at least once.
+"""Kafka -> InfluxDB sinks, at least once: valid telemetry -> raw bucket, results -> analytics.
 
 Offsets are committed only after InfluxDB acknowledged the batch that contained them. While
 InfluxDB is down the consumer is paused (memory stays bounded to one batch) and the batch is
-retried with capped exponential backoff.
+retried with capped exponential backoff. Points InfluxDB will never take (outside retention,
+rejected with a 4xx) are dead-lettered with the reason, not retried forever.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-
 from datetime import timedelta
 
 from influxdb_client import Point
@@ -21,15 +22,17 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
 
-from dcpulse.contract import Telemetry, utc_now
+from pydantic import ValidationError
+
+from dcpulse.contract import AnalyticsPoint, Telemetry, utc_now
 from dcpulse.log import get_logger
 from dcpulse.settings import Settings
 from dcpulse.sinks.influx import InfluxWriter
-from dcpulse.sinks.points import telemetry_point
+from dcpulse.sinks.points import analytics_point, telemetry_point
 from dcpulse.streams.validation import Rejection, dead_letter, validate
 
 log = get_logger(__name__)
-GROUP_ID = "dcpulse-sink"
+ToPoint = Callable[[ConsumerRecord], "Point | Rejection"]
 RETENTION_MARGIN = timedelta(minutes=5)  # do not race the retention boundary
 
 
@@ -51,18 +54,48 @@ class SinkStats:
     dead_lettered: Counter[str] = field(default_factory=Counter)
 
 
-class TelemetrySink:
-    def __init__(self, settings: Settings, writer: InfluxWriter, batch_size: int = 5000) -> None:
+def raw_telemetry_point(settings: Settings) -> ToPoint:
+    """Valid telemetry -> raw-bucket point; a sample older than the raw retention is refused
+    up front (InfluxDB would drop it with HTTP 422)."""
+    retention = timedelta(hours=settings.influx.buckets.raw_retention_hours)
+
+    def convert(record: ConsumerRecord) -> Point | Rejection:
+        outcome = validate(record.value)
+        if not isinstance(outcome, Telemetry):
+            return outcome
+        if outcome.ts < utc_now() - retention + RETENTION_MARGIN:
+            return Rejection("outside_retention", f"ts {outcome.ts.isoformat()} is older than the raw bucket's retention")
+        return telemetry_point(outcome)
+
+    return convert
+
+
+def result_point(record: ConsumerRecord) -> Point | Rejection:
+    try:
+        return analytics_point(AnalyticsPoint.model_validate_json(record.value or b""))
+    except ValidationError as exc:
+        return Rejection("invalid_fields", str(exc)[:1000])
+
+
+class KafkaToInflux:
+    """One consumer group, its topics, one bucket: poll a batch, write it, then commit."""
+
+    def __init__(self, settings: Settings, writer: InfluxWriter, *, name: str, topics: list[str], bucket: str,
+                 to_point: ToPoint, batch_size: int = 5000) -> None:
         self.settings = settings
         self.writer = writer
+        self.name = name
+        self.topics = topics
+        self.bucket = bucket
+        self.to_point = to_point
         self.batch_size = batch_size
         self.stats = SinkStats()
         self.stopping = threading.Event()
         self.consumer = KafkaConsumer(
-            settings.topics.telemetry_valid,
+            *topics,
             bootstrap_servers=settings.kafka.bootstrap,
-            group_id=GROUP_ID,
-            client_id="dcpulse-sink",
+            group_id=f"dcpulse-sink-{name}",
+            client_id=f"dcpulse-sink-{name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=batch_size,
@@ -72,8 +105,7 @@ class TelemetrySink:
         )
 
     def run(self) -> None:
-        log.info("sink started", topic=self.settings.topics.telemetry_valid,
-                 bucket=self.settings.influx.buckets.raw)
+        log.info("sink started", sink=self.name, topics=self.topics, bucket=self.bucket)
         try:
             while not self.stopping.is_set():
                 self.step(timeout_ms=500)
@@ -81,7 +113,8 @@ class TelemetrySink:
             self.consumer.close(autocommit=False)
             self.deadletters.close(timeout=10)
             self.writer.close()
-            log.info("sink stopped", written=self.stats.written, batches=self.stats.batches)
+            log.info("sink stopped", sink=self.name, written=self.stats.written, batches=self.stats.batches,
+                     dead_lettered=dict(self.stats.dead_lettered))
 
     def step(self, timeout_ms: int) -> int:
         """Poll one batch, write it, commit it. Returns the number of records handled."""
@@ -90,17 +123,12 @@ class TelemetrySink:
         if not records:
             return 0
         pending: list[tuple[ConsumerRecord, Point]] = []
-        oldest = utc_now() - timedelta(hours=self.settings.influx.buckets.raw_retention_hours) + RETENTION_MARGIN
         for record in records:
-            outcome = validate(record.value)
-            if not isinstance(outcome, Telemetry):
+            outcome = self.to_point(record)
+            if isinstance(outcome, Rejection):
                 self._dead_letter(outcome, record)
-            elif outcome.ts < oldest:
-                # InfluxDB would drop it (HTTP 422): say so instead of retrying forever.
-                self._dead_letter(Rejection("outside_retention", f"ts {outcome.ts.isoformat()} is older than "
-                                            f"the raw bucket's retention"), record)
             else:
-                pending.append((record, telemetry_point(outcome)))
+                pending.append((record, outcome))
         self._write_until_acknowledged(pending)
         self.deadletters.flush(timeout=30)
         try:
@@ -115,7 +143,7 @@ class TelemetrySink:
     def _write_until_acknowledged(self, pending: list[tuple[ConsumerRecord, Point]]) -> None:
         """Write the batch; retry transient failures forever (paused); split on a rejection."""
         delay = 0.5
-        bucket = self.settings.influx.buckets.raw
+        bucket = self.bucket
         while True:
             try:
                 self.writer.write(bucket, [point for _, point in pending])
@@ -146,7 +174,7 @@ class TelemetrySink:
 
     def _write_one_by_one(self, pending: list[tuple[ConsumerRecord, Point]]) -> None:
         """InfluxDB refused the batch (4xx): find the points it refuses, dead-letter them, keep the rest."""
-        bucket = self.settings.influx.buckets.raw
+        bucket = self.bucket
         for record, point in pending:
             while True:
                 try:
@@ -178,6 +206,32 @@ class TelemetrySink:
         self.deadletters.send(self.settings.topics.deadletter, key=record.key, value=letter.to_bytes())
         self.stats.dead_lettered[rejection.reason] += 1
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stopping.set())
+
+
+def build_sinks(settings: Settings, writer_factory: Callable[[], InfluxWriter]) -> list[KafkaToInflux]:
+    """The raw sink and the analytics sink, each with its own writer and consumer group."""
+    t, b = settings.topics, settings.influx.buckets
+    return [
+        KafkaToInflux(settings, writer_factory(), name="raw", topics=[t.telemetry_valid], bucket=b.raw,
+                      to_point=raw_telemetry_point(settings)),
+        KafkaToInflux(settings, writer_factory(), name="analytics", topics=[t.pue, t.utilisation],
+                      bucket=b.analytics, to_point=result_point),
+    ]
+
+
+def run_sinks(sinks: list[KafkaToInflux]) -> None:
+    """Run each sink in its own thread until SIGINT/SIGTERM; every sink flushes and closes."""
+    def stop(*_: object) -> None:
+        for sink in sinks:
+            sink.stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+    threads = [threading.Thread(target=sink.run, name=f"sink-{sink.name}") for sink in sinks]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+        if not all(thread.is_alive() for thread in threads):
+            stop()  # one sink died: stop the other too, so the process exits and is restarted

@@ -9,7 +9,9 @@ dict. Both see the same records in the same per-partition order and get the same
 - A site's window closes when every source partition feeding that site has moved
   `allowed_lateness_s` past the window's end (watermark = min over sources - lateness). Any
   record for a closed window is therefore late by the rule above, so what a window contains
-  never depends on how fast or in what interleaving the partitions were read.
+  never depends on how fast or in what interleaving the partitions were read. The Kafka key is
+  the site, so normally one source feeds a site; a source `idle_source_s` behind the newest is
+  ignored so stale history can never hold a site's windows open.
 - Sums use math.fsum over name-sorted devices: exact, so float results are bit-identical.
 """
 
@@ -22,9 +24,8 @@ from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from dcpulse.contract import AnalyticsPoint, Telemetry
+from dcpulse.settings import AnalyticsSettings
 from dcpulse.streams.energy import (EnergySum, WindowTotals, percentile, pue, quality, ratio, rollup, sum_meters,
                                     window_energy)
 
@@ -45,16 +46,6 @@ REGISTERS = {
 # PUE category -> (device kind, register) metering IT energy there.
 IT_METERS = {"1": ("ups", "output_energy_kwh"), "2": ("pdu", "energy_kwh"), "3": ("server", "energy_kwh")}
 WATER_CP = 4186.0
-
-
-class AnalyticsSettings(BaseModel):
-    window_s: int = Field(60, ge=10, description="Tumbling window, aligned to UTC")
-    allowed_lateness_s: float = Field(30.0, ge=0, description="Must exceed the agents' sample interval")
-    rollups_s: tuple[int, ...] = Field((900, 3600), description="Roll-ups from minute energies")
-    coverage_complete: float = Field(0.99, gt=0, le=1)
-    coverage_usable: float = Field(0.9, gt=0, le=1)
-    meter_forget_s: float = Field(3600.0, gt=0, description="A meter silent this long is no longer expected")
-    max_gap_windows: int = Field(1440, ge=1, description="Skip, not emit, empty windows beyond this jump")
 
 
 def window_label(seconds: float) -> str:
@@ -122,7 +113,11 @@ class WindowEngine:
     # ---- closing ------------------------------------------------------------------------
     def _close_due(self, site: str, wm: dict) -> list[AnalyticsPoint]:
         w = self.cfg.window_s
-        watermark = min(wm["src"].values()) - self.cfg.allowed_lateness_s
+        # A source far behind the newest one has gone quiet for this site (it only ever held
+        # stale data, e.g. from before the site was re-keyed): it must not hold windows open.
+        newest = max(wm["src"].values())
+        active = [t for t in wm["src"].values() if t >= newest - self.cfg.idle_source_s]
+        watermark = min(active) - self.cfg.allowed_lateness_s
         results: list[AnalyticsPoint] = []
         if watermark - wm["closed"] > self.cfg.max_gap_windows * w:  # a jump in time: do not emit a year of empties
             wm["closed"] = math.floor((watermark - w) / w) * w

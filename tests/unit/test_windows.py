@@ -1,6 +1,7 @@
 """The window engine on simulated data, without Kafka: determinism under any interleaving of
 partitions, agreement with the simulator's ground truth, lateness, roll-ups."""
 
+import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,15 +11,17 @@ from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.streams.offline import reference_results
-from dcpulse.streams.windows import AnalyticsSettings, WindowEngine
+from dcpulse.settings import AnalyticsSettings
+from dcpulse.streams.windows import WindowEngine
 
 START = datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
 
 
 def simulate(presets: list[str], seconds: float, faults: list[str] | None = None):
+    """(simulator, [(raw partition as Kafka would pick it by key, Kafka timestamp ms, value)])."""
     sim = ScenarioSimulator(build_scenario(presets, None, faults or [], 7, START))
-    records: list[tuple[str, bytes]] = []
-    run_scenario(sim, seconds, None, lambda key, value: records.append((key.decode(), value)))
+    records: list[tuple[int, int, bytes]] = []
+    run_scenario(sim, seconds, None, lambda key, value, ts_ms: records.append((zlib.crc32(key) % 6, ts_ms, value)))
     return sim, records
 
 
