@@ -37,12 +37,13 @@ def attach_windows(app: faust.App, settings: Settings) -> None:
             headers = dict(message.headers or [])
             src = (headers.get(SRC_HEADER) or f"{message.topic}:{message.partition}".encode())
             record = Telemetry.from_bytes(message.value)
-            late_before = engine.late
+            late_before, redelivered_before = engine.late, engine.redelivered
             for point in engine.process(src.decode() if isinstance(src, bytes) else str(src), record):
                 topic = util_topic if point.measurement == "utilisation" else pue_topic
                 await topic.send(key=record.site.encode(), value=point.to_bytes())
                 counts[point.measurement] += 1
             counts["late"] += engine.late - late_before
+            counts["redelivered"] += engine.redelivered - redelivered_before
             counts["records"] += 1
 
     @app.timer(interval=30.0)

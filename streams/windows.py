@@ -57,6 +57,7 @@ class WindowEngine:
         self.cfg = settings
         self.store = store
         self.late = 0
+        self.redelivered = 0
 
     # ---- ingest -------------------------------------------------------------------------
     def process(self, src: str, event: Telemetry) -> list[AnalyticsPoint]:
@@ -70,17 +71,21 @@ class WindowEngine:
             wm["closed"] = math.floor(ts / w) * w
         if (newest is not None and ts < newest - self.cfg.allowed_lateness_s) or ts < wm["closed"]:
             self.late += 1
-        else:
-            self._add(event, ts)
+        elif not self._add(event, ts):
+            self.redelivered += 1
         wm["src"][src] = ts if newest is None else max(newest, ts)
         results = self._close_due(site, wm)
         self.store[wm_key] = wm
         return results
 
-    def _add(self, event: Telemetry, ts: float) -> None:
+    def _add(self, event: Telemetry, ts: float) -> bool:
+        """Fold one sample into its device's state; False for a sample not newer than the last
+        one folded (a redelivery after a restart: a device's samples arrive in order)."""
         site, device, kind = event.site, event.device, event.kind.value
         key = f"{site}|d|{device}"
         state = self.store.get(key)
+        if state is not None and ts <= state["seen"]:
+            return False
         if state is None:
             state = {"kind": kind, "hall": event.hall, "rack": event.rack, "reg": {}, "win": {}}
             reg_key = f"{site}|devices"
@@ -109,6 +114,7 @@ class WindowEngine:
             if "capacity_kw" in m:
                 agg["capacity_kw"] = m["capacity_kw"]
         self.store[key] = state
+        return True
 
     # ---- closing ------------------------------------------------------------------------
     def _close_due(self, site: str, wm: dict) -> list[AnalyticsPoint]:

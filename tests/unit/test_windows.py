@@ -111,3 +111,13 @@ def test_windows_close_on_event_time_only() -> None:
     assert [p.time for p in closed if p.measurement == "pue"] == []  # no IT meter: no PUE point
     store = engine.store
     assert store["s|wm"]["closed"] == t0.timestamp() + 60
+
+
+def test_a_redelivered_sample_is_not_counted_twice() -> None:
+    engine = WindowEngine(AnalyticsSettings(allowed_lateness_s=30), {})
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    samples = [_sample(t0 + timedelta(seconds=10 * i), float(i)) for i in range(5)]
+    for sample in samples + samples[2:4]:  # a restart rewinds two samples
+        engine.process("p0", sample)
+    assert engine.redelivered == 2 and engine.late == 0
+    assert len(engine.store["s|d|m1"]["reg"]["energy_kwh"]) == 5

@@ -1,0 +1,155 @@
+"""Shared by the end-to-end tests: an isolated pipeline (own topics, own buckets) and reading
+window results back from InfluxDB in the same key format as AnalyticsPoint.key."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from influxdb_client import InfluxDBClient
+
+from dcpulse.producers.publisher import TelemetryPublisher
+from dcpulse.producers.recording import iter_recording, record
+from dcpulse.producers.run import run_scenario
+from dcpulse.producers.scenario_args import build_scenario
+from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.streams.offline import reference_results
+
+from dcpulse.services.manager import LocalServices
+from dcpulse.services.topics import ensure_topics, topic_specs
+from dcpulse.settings import Settings
+from dcpulse.sinks.query import flux_string, flux_time
+
+TAGS = ("site", "category", "window", "hall", "level", "entity")
+
+
+@contextmanager
+def isolated(services: LocalServices, base: Settings, name: str) -> Iterator[Settings]:
+    """Own topic prefix and own raw and analytics buckets, passed to the pipeline's children by env."""
+    prefix = f"test-{name}-{uuid.uuid4().hex[:6]}"
+    bucket = prefix.replace("-", "_")
+    admin_token = services.credentials().admin_token
+    with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
+        created = [client.buckets_api().create_bucket(bucket_name=f"{bucket}_{kind}", org=base.influx.org)
+                   for kind in ("raw", "analytics")]
+    env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
+           "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw",
+           # The scoped write token only covers the standard buckets; this test bucket is the admin's.
+           "DCPULSE_INFLUX__WRITE_TOKEN": admin_token, "DCPULSE_INFLUX__READ_TOKEN": admin_token}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings = Settings()
+        ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+        yield settings
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
+            for bucket_obj in created:
+                client.buckets_api().delete_bucket(bucket_obj)
+
+
+def read_results(settings: Settings, start) -> dict[str, dict]:
+    # Roll-ups are stamped at their window start, up to an hour before the first sample.
+    since = start - timedelta(hours=1)
+    query = (f"from(bucket: {flux_string(settings.influx.buckets.analytics)}) |> range(start: {flux_time(since)})"
+             ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
+    token = settings.influx.read_token.get_secret_value()
+    out = {}
+    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org) as client:
+        for table in client.query_api().query(query):
+            for row in table.records:
+                values = dict(row.values)
+                tags = {k: values.pop(k) for k in list(values) if k in
+                        ("site", "category", "window", "hall", "level", "entity")}
+                key = f"{values.pop('_measurement')},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@" \
+                      f"{values.pop('_time').isoformat()}"
+                out[key] = {k: v for k, v in values.items() if not k.startswith("_") and k not in ("result", "table")
+                            and v is not None}
+    return out
+
+
+
+
+def _query(settings: Settings, query: str) -> list[dict]:
+    token = settings.influx.read_token.get_secret_value()
+    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=30_000) as client:
+        return [dict(row.values) for table in client.query_api().query(query) for row in table.records]
+
+
+def read_results(settings: Settings, start: datetime) -> dict[str, dict]:
+    """Every analytics point since `start` - 1 h (roll-ups are stamped at their window start)."""
+    since = start - timedelta(hours=1)
+    query = (f"from(bucket: {flux_string(settings.influx.buckets.analytics)}) |> range(start: {flux_time(since)})"
+             ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
+    out = {}
+    for values in _query(settings, query):
+        tags = {k: values.pop(k) for k in list(values) if k in TAGS}
+        key = (f"{values.pop('_measurement')},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@"
+               f"{values.pop('_time').isoformat()}")
+        out[key] = {k: v for k, v in values.items()
+                    if not k.startswith("_") and k not in ("result", "table") and v is not None}
+    return out
+
+
+def count_raw_points(settings: Settings, start: datetime) -> int:
+    """Distinct (device, time) samples in the raw bucket since `start`."""
+    query = (f"from(bucket: {flux_string(settings.influx.buckets.raw)}) |> range(start: {flux_time(start)})"
+             ' |> filter(fn: (r) => r._field == "seq") |> group() |> count()')
+    rows = _query(settings, query)
+    return int(rows[0]["_value"]) if rows else 0
+
+
+def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path, start: datetime, minutes: int,
+                        faults: list[str]) -> tuple[Path, str, dict[str, dict]]:
+    """Simulate the small site into an isolated raw topic and record it. Returns the recording,
+    the topic it was recorded from and the offline reference (point key -> fields)."""
+    with isolated(services, base, "source") as source:
+        sim = ScenarioSimulator(build_scenario(["small"], None, faults, 7, start))
+        publisher = TelemetryPublisher(source.kafka.bootstrap, source.topics.telemetry)
+        run_scenario(sim, minutes * 60.0, None, publisher.publish_raw)
+        publisher.close()
+        recording = tmp_path / "small.jsonl.gz"
+        stats = record(source.kafka.bootstrap, [source.topics.telemetry], recording, idle_timeout_s=3.0)
+        topic = source.topics.telemetry
+    assert stats.records == publisher.sent
+    reference = reference_results((m.partition, m.timestamp_ms, m.value) for m in iter_recording(recording))
+    expected = {key: dict(point.fields) for key, point in reference.items()}
+    assert len(expected) > 100
+    return recording, topic, expected
+
+
+def wait_for_results(settings: Settings, start: datetime, expected: int, check: Callable[[], None],
+                     timeout_s: float = 300, quiet_s: float = 20) -> dict[str, dict]:
+    """Poll until `expected` points are in, or nothing new came for `quiet_s`; then read once more."""
+    deadline = time.monotonic() + timeout_s
+    results: dict[str, dict] = {}
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        check()
+        latest = read_results(settings, start)
+        if len(latest) != len(results):
+            stable_since = time.monotonic()
+        results = latest
+        if len(results) >= expected or (results and time.monotonic() - stable_since > quiet_s):
+            break
+        time.sleep(2)
+    time.sleep(3)  # anything still in flight would show as an extra point
+    return read_results(settings, start)
+
+
+def assert_equal_to_reference(found: dict[str, dict], expected: dict[str, dict]) -> None:
+    assert sorted(set(expected) - set(found)) == [], "results missing from InfluxDB"
+    assert sorted(set(found) - set(expected)) == [], "results the reference does not have"
+    for key, fields in expected.items():
+        assert found[key] == pytest.approx(fields), key
