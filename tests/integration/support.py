@@ -3,9 +3,7 @@ window results back from InfluxDB in the same key format as AnalyticsPoint.key."
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -21,8 +19,8 @@ from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.streams.offline import reference_results
 
+from dcpulse.sandbox import sandbox
 from dcpulse.services.manager import LocalServices
-from dcpulse.services.topics import ensure_topics, topic_specs
 from dcpulse.settings import Settings
 from dcpulse.sinks.query import flux_string, flux_time
 
@@ -31,54 +29,8 @@ TAGS = ("site", "category", "window", "hall", "level", "entity")
 
 @contextmanager
 def isolated(services: LocalServices, base: Settings, name: str) -> Iterator[Settings]:
-    """Own topic prefix and own raw and analytics buckets, passed to the pipeline's children by env."""
-    prefix = f"test-{name}-{uuid.uuid4().hex[:6]}"
-    bucket = prefix.replace("-", "_")
-    admin_token = services.credentials().admin_token
-    with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
-        created = [client.buckets_api().create_bucket(bucket_name=f"{bucket}_{kind}", org=base.influx.org)
-                   for kind in ("raw", "analytics")]
-    env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
-           "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw",
-           # The scoped write token only covers the standard buckets; this test bucket is the admin's.
-           "DCPULSE_INFLUX__WRITE_TOKEN": admin_token, "DCPULSE_INFLUX__READ_TOKEN": admin_token}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        settings = Settings()
-        ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+    with sandbox(base, services.credentials().admin_token, f"test-{name}") as settings:
         yield settings
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
-            for bucket_obj in created:
-                client.buckets_api().delete_bucket(bucket_obj)
-
-
-def read_results(settings: Settings, start) -> dict[str, dict]:
-    # Roll-ups are stamped at their window start, up to an hour before the first sample.
-    since = start - timedelta(hours=1)
-    query = (f"from(bucket: {flux_string(settings.influx.buckets.analytics)}) |> range(start: {flux_time(since)})"
-             ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
-    token = settings.influx.read_token.get_secret_value()
-    out = {}
-    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org) as client:
-        for table in client.query_api().query(query):
-            for row in table.records:
-                values = dict(row.values)
-                tags = {k: values.pop(k) for k in list(values) if k in
-                        ("site", "category", "window", "hall", "level", "entity")}
-                key = f"{values.pop('_measurement')},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@" \
-                      f"{values.pop('_time').isoformat()}"
-                out[key] = {k: v for k, v in values.items() if not k.startswith("_") and k not in ("result", "table")
-                            and v is not None}
-    return out
-
-
 
 
 def _query(settings: Settings, query: str) -> list[dict]:

@@ -1,0 +1,111 @@
+"""End-to-end sustained rate and event-to-InfluxDB lag for a preset at increasing speed.
+
+    .venv/bin/python benchmarks/bench_pipeline.py                      # hengqin, speeds 1 2 4 8 16
+    .venv/bin/python benchmarks/bench_pipeline.py --speeds 1 4 --seconds 45
+
+For each speed the whole pipeline runs in a sandbox (own topics and buckets on the local
+servers): the simulator publishes `--seconds` of wall time paced at N x real time, the Faust
+worker validates and windows, the sinks write to InfluxDB. Once a second the benchmark reads
+the newest facility-meter sample in the raw bucket; its lag is the wall time since that sample
+was published (the publisher is paced, so a sample of simulated time t left at
+start + t / N). The first `--warmup` seconds (worker start-up) are left out of the lag figures.
+A speed "keeps up" when the p99 lag stays under `--max-lag` and the backlog drains within it
+after publishing stops; the run stops at the first speed that does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from datetime import datetime
+
+from dcpulse.pipeline import running_pipeline
+from dcpulse.producers.publisher import TelemetryPublisher
+from dcpulse.producers.run import RunStats, run_scenario
+from dcpulse.producers.scenario_args import build_scenario, current_minute
+from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.sandbox import sandbox
+from dcpulse.services.manager import LocalServices
+from dcpulse.settings import Settings
+from dcpulse.sinks.query import flux_string, flux_time, read_rows
+
+
+def newest_sample(settings: Settings, site: str, since: datetime) -> datetime | None:
+    query = (f"from(bucket: {flux_string(settings.influx.buckets.raw)}) |> range(start: {flux_time(since)}, stop: 2100-01-01T00:00:00Z)"
+             f' |> filter(fn: (r) => r._measurement == "facility_meter" and r.site == {flux_string(site)}'
+             ' and r._field == "energy_kwh") |> last()')
+    rows = read_rows(settings.influx.url, settings.influx.read_token.get_secret_value(), settings.influx.org, query)
+    return rows[-1]["_time"] if rows else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_speed(base: Settings, admin_token: str, preset: str, speed: float, seconds: float, warmup: float,
+              max_lag: float) -> dict[str, float]:
+    with sandbox(base, admin_token, f"bench-e2e-{int(speed)}x") as settings, running_pipeline(settings) as pipeline:
+        start = current_minute()
+        sim = ScenarioSimulator(build_scenario([preset], None, [], 7, start))
+        site = sim.sites[0].site.name
+        publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+        stats_box: list[RunStats] = []
+        wall0 = time.monotonic()
+        thread = threading.Thread(target=lambda: stats_box.append(
+            run_scenario(sim, seconds * speed, speed, publisher.publish_raw)))
+        thread.start()
+        lags: list[float] = []
+        while thread.is_alive():
+            time.sleep(1.0)
+            pipeline.check_alive()
+            newest = newest_sample(settings, site, start)
+            now = time.monotonic()
+            if newest is not None and now - wall0 > warmup:
+                published_at = wall0 + (newest - start).total_seconds() / speed
+                lags.append(max(0.0, now - published_at))
+        publisher.close()
+        stats = stats_box[0]
+        last_tick = start.timestamp() + stats.sim_s
+        drain_started = time.monotonic()
+        drained = None
+        while time.monotonic() - drain_started < max_lag * 2:
+            newest = newest_sample(settings, site, start)
+            if newest is not None and newest.timestamp() >= last_tick:
+                drained = time.monotonic() - drain_started
+                break
+            time.sleep(0.5)
+    p50 = statistics.median(lags) if lags else float("nan")
+    p99 = percentile(lags, 99) if lags else float("nan")
+    kept_up = bool(lags) and p99 <= max_lag and drained is not None and drained <= max_lag
+    return {"speed": speed, "offered": stats.messages / (seconds), "published": stats.rate, "messages": stats.messages,
+            "p50": p50, "p99": p99, "drain": drained if drained is not None else float("inf"),
+            "behind": stats.behind_s, "kept_up": kept_up}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="hengqin")
+    parser.add_argument("--speeds", type=float, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--seconds", type=float, default=60.0, help="wall seconds of publishing per speed")
+    parser.add_argument("--warmup", type=float, default=15.0)
+    parser.add_argument("--max-lag", type=float, default=15.0)
+    args = parser.parse_args()
+    base = Settings()
+    services = LocalServices(base)
+    services.up(lambda _m: None)
+    admin = services.credentials().admin_token
+    print(f"{'speed':>6} {'offered msg/s':>14} {'published msg/s':>16} {'lag p50 s':>10} {'lag p99 s':>10} "
+          f"{'drain s':>8}  kept up")
+    for speed in args.speeds:
+        r = run_speed(base, admin, args.preset, speed, args.seconds, args.warmup, args.max_lag)
+        print(f"{r['speed']:>5.0f}x {r['offered']:>14,.0f} {r['published']:>16,.0f} {r['p50']:>10.1f} {r['p99']:>10.1f} "
+              f"{r['drain']:>8.1f}  {'yes' if r['kept_up'] else 'NO'}", flush=True)
+        if not r["kept_up"]:
+            break
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""An isolated pipeline on the shared local servers: its own topic prefix and its own raw and
+analytics buckets, for tests and benchmarks that must not see (or disturb) anyone else's data.
+Settings reach the pipeline's child processes through the environment, so the context sets
+DCPULSE_* variables for its duration and restores them after."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from influxdb_client import InfluxDBClient
+from kafka import KafkaAdminClient
+
+from dcpulse.services.topics import ensure_topics, topic_specs
+from dcpulse.settings import Settings
+
+
+@contextmanager
+def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
+    """Create `<name>-<uuid>` topics and buckets, yield the settings that use them, delete all."""
+    prefix = f"{name}-{uuid.uuid4().hex[:6]}"
+    bucket = prefix.replace("-", "_")
+    with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
+        created = [client.buckets_api().create_bucket(bucket_name=f"{bucket}_{kind}", org=base.influx.org)
+                   for kind in ("raw", "analytics")]
+    env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
+           "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw",
+           # The scoped tokens cover only the standard buckets; these buckets are the admin's.
+           "DCPULSE_INFLUX__WRITE_TOKEN": admin_token, "DCPULSE_INFLUX__READ_TOKEN": admin_token}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings = Settings()
+        ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+        yield settings
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
+            for bucket_obj in created:
+                client.buckets_api().delete_bucket(bucket_obj)
+        admin = KafkaAdminClient(bootstrap_servers=base.kafka.bootstrap)
+        try:
+            # Our topics and the Faust app's internal ones (changelogs) share the prefix.
+            admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
+        finally:
+            admin.close()
