@@ -31,6 +31,7 @@ import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -164,8 +165,10 @@ ABSURD_LIMITS: tuple[tuple[str, float, float], ...] = (
 )
 
 
+@lru_cache(maxsize=4096)
 def metric_limits(name: str) -> tuple[float, float] | None:
-    """(low, high) for a metric name, or None if its name is not in the table."""
+    """(low, high) for a metric name, or None if its name is not in the table. Cached: the same
+    few hundred names come back on every record."""
     for suffix, low, high in ABSURD_LIMITS:
         if name.endswith(suffix):
             return low, high

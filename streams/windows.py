@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
+from functools import lru_cache
 from collections import defaultdict
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
@@ -100,9 +101,10 @@ class WindowEngine:
         start = str(math.floor(ts / self.cfg.window_s) * self.cfg.window_s)
         agg = state["win"].setdefault(start, {})
         if kind == "server":
-            agg.setdefault("util", []).extend(v for k, v in m.items() if k.startswith("acc") and k.endswith("_util"))
+            util_names, power_names = _accelerator_metrics(tuple(m))
+            agg.setdefault("util", []).extend(m[k] for k in util_names)
             _acc(agg, "cpu", m.get("cpu_util"))
-            _acc(agg, "acc_w", math.fsum(v for k, v in m.items() if k.startswith("acc") and k.endswith("_power_w")))
+            _acc(agg, "acc_w", math.fsum(m[k] for k in power_names))
             _acc(agg, "cpu_w", m.get("cpu_power_w"))
         elif kind == "pdu":
             _acc(agg, "kw", m.get("power_kw"))
@@ -318,6 +320,13 @@ class WindowEngine:
             self.store[key] = state
         if len(keep) != len(devices):
             self.store[f"{site}|devices"] = keep
+
+
+@lru_cache(maxsize=64)
+def _accelerator_metrics(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(acc*_util names, acc*_power_w names) of a server message layout: layouts repeat."""
+    accs = [n for n in names if n.startswith("acc")]
+    return tuple(n for n in accs if n.endswith("_util")), tuple(n for n in accs if n.endswith("_power_w"))
 
 
 def _acc(agg: dict, name: str, value: float | None) -> None:
