@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from influxdb_client import InfluxDBClient
+from kafka import KafkaConsumer, TopicPartition
 
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import iter_recording, record
@@ -31,6 +32,17 @@ TAGS = ("site", "category", "window", "hall", "level", "entity")
 def isolated(services: LocalServices, base: Settings, name: str) -> Iterator[Settings]:
     with sandbox(base, services.credentials().admin_token, f"test-{name}") as settings:
         yield settings
+
+
+def tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
+    """A group-less consumer of every partition of `topic`, positioned at its current end."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        consumer.position(tp)  # resolve now, before anything new is produced
+    return consumer
 
 
 def _query(settings: Settings, query: str) -> list[dict]:

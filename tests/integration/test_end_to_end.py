@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from dcpulse.demo import demo_record, publish, wait_for_samples
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
+from tests.integration.support import tail_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +38,6 @@ def test_one_record_end_to_end_exact_values(services: LocalServices, settings: S
     assert all(proc.poll() is not None for proc in pipeline.procs.values())
 
 
-def _tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    consumer.assign(partitions)
-    consumer.seek_to_end(*partitions)
-    for tp in partitions:
-        consumer.position(tp)  # resolve now, before anything new is produced
-    return consumer
-
-
 def _wait_for_dead_letter(consumer: KafkaConsumer, key: bytes, timeout_s: float = 60) -> dict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -63,7 +54,7 @@ def test_record_older_than_raw_retention_is_dead_lettered_by_the_sink(
     """InfluxDB would refuse it (HTTP 422); the sink must say why, not retry forever."""
     old = demo_record().model_copy(update={"ts": datetime(2020, 1, 1, tzinfo=UTC)})
     good = demo_record()
-    deadletters = _tail_consumer(settings, settings.topics.deadletter)
+    deadletters = tail_consumer(settings, settings.topics.deadletter)
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
         publish(settings, old)
         publish(settings, good)
@@ -79,7 +70,7 @@ def test_bad_record_is_dead_lettered_and_good_one_still_lands(
 ) -> None:
     key = f"demo/bad-{uuid.uuid4().hex[:8]}".encode()
     bad_value = b'{"schema": "dcpulse.telemetry/1", "site": "demo", "metrics": {NaN'
-    deadletters = _tail_consumer(settings, settings.topics.deadletter)
+    deadletters = tail_consumer(settings, settings.topics.deadletter)
     good = demo_record()
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
         producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)

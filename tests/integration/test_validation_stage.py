@@ -11,27 +11,18 @@ from datetime import timedelta
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from dcpulse.contract import DeviceKind, Telemetry, utc_now
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
+from tests.integration.support import tail_consumer
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 180
 SETTLE_S = 8  # keep reading this long after the last expected record: catches doubles
-
-
-def _tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    consumer.assign(partitions)
-    consumer.seek_to_end(*partitions)
-    for tp in partitions:
-        consumer.position(tp)  # resolve now, before anything new is produced
-    return consumer
 
 
 def _read_until(consumers: dict[str, KafkaConsumer], keep, done, check) -> dict[str, list]:
@@ -98,8 +89,8 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
     assert len(expected_bad) == 9 and len(expected_good) == 4 * len(devices)
 
     raw_topic = settings.topics.telemetry
-    consumers = {"valid": _tail_consumer(settings, settings.topics.telemetry_valid),
-                 "dead": _tail_consumer(settings, settings.topics.deadletter)}
+    consumers = {"valid": tail_consumer(settings, settings.topics.telemetry_valid),
+                 "dead": tail_consumer(settings, settings.topics.deadletter)}
     sent_partition: dict[bytes, int] = {}  # key -> raw partition it was written to
     try:
         with running_pipeline(settings, log_dir=tmp_path) as pipeline:
