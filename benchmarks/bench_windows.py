@@ -14,8 +14,8 @@ Starts the local servers if needed (`dcpulse services up`), then runs, one after
 2. dcpulse, pure engine: `streams/offline.py: reference_results` (validation rules + window
    engine, dicts instead of tables) over the same records read back from the topic: no Kafka.
 3. dcpulse, the real stage: `python -m dcpulse.cli streams` with DCPULSE_TOPICS__PREFIX=<prefix>,
-   i.e. the Faust worker's validation agent (raw -> valid | dead letter, changelog-backed tables)
-   and window agent (valid -> PUE and utilisation topics, changelog-backed table).
+   i.e. the Faust worker's `analyse` agent: raw -> valid | dead letter, and the windows -> PUE and
+   utilisation topics, in one pass per batch, state in the changelog-backed table `dcpulse-state`.
 4. Quix Streams: an Application (own consumer group, auto_offset_reset earliest) on the same raw
    topic: JSON parse, event time = the record's `ts`, per site (the Kafka key) a 1-minute tumbling
    window with 30 s grace that collects, per record, the meter register sample (facility meter,
@@ -25,13 +25,13 @@ Starts the local servers if needed (`dcpulse services up`), then runs, one after
    the first sample after a window's end, so it emits a window's PUE when the next one closes.
    Its results are compared with dcpulse's at the end (same windows, same values expected).
    The dcpulse stage does more per record: validation (contract, plausibility, duplicates, clock
-   skew, dead letters), a second topic between its two agents, and roll-ups, pPUE, efficiency and
+   skew, dead letters), forwards every valid record to the valid topic, and computes roll-ups, pPUE, efficiency and
    hall/site utilisation on close; the pure-engine figure is that logic without Kafka.
 
 How throughput is measured (both Kafka workers the same way): a monitor polls the committed
 offsets of the worker's consumer group every 0.2 s, from just before the process is spawned.
-Done = every record is committed (dcpulse: the raw topic by the validation agent and every valid
-record by the window agent, in group `<prefix>-streams`; Quix: the raw topic). Committed offsets
+Done = every record is committed (dcpulse: the raw topic, in group `<prefix>-streams`, and every
+outcome is on the valid or dead-letter topic; Quix: the raw topic). Committed offsets
 are what the worker itself declares processed, in the same terms for both. Watching the result
 topics stop growing would not do: results only come when a window closes, 30 s of event time
 after its end, so the last 30-90 s of event time (10% of the default run) produce nothing
@@ -44,7 +44,7 @@ subtracted); start-up = time to the first committed offset; steady records/s = r
 after that first commit over the time from it to the end; the worker's CPU time (/proc, all
 threads) and the broker's meanwhile (a shared broker: other clients count too). A second line
 gives the processing span from the stage's own timestamps (dcpulse: the Kafka timestamps of its
-first valid output and of its last window-table changelog write, one per record; Quix: its
+first valid output and of its last state changelog write, one per batch; Quix: its
 on_message_processed callback), free of the commit cadence. The ratio is of steady records/s.
 
 --profile runs produce, pure engine and the Faust stage only, with the worker sampled by py-spy
@@ -242,8 +242,8 @@ class Kafka:
             return {}
         return {(tp.topic, tp.partition): o.offset for tp, o in found.items() if o.offset >= 0}
 
-    def read(self, topic: str, partitions: int) -> list[tuple[int, int, bytes | None]]:
-        """Every record of `topic`: (partition, Kafka timestamp ms, value), each partition in order."""
+    def read(self, topic: str, partitions: int) -> list[tuple[int, int, bytes | None, bytes | None]]:
+        """Every record of `topic`: (partition, Kafka timestamp ms, key, value), each partition in order."""
         from kafka import KafkaConsumer, TopicPartition
 
         ends = self.end_offsets(topic, partitions)
@@ -261,7 +261,7 @@ class Kafka:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"timed out reading {topic}")
                 for tp, messages in consumer.poll(timeout_ms=1000, max_records=50_000).items():
-                    out[tp.partition].extend((m.partition, m.timestamp, m.value) for m in messages
+                    out[tp.partition].extend((m.partition, m.timestamp, m.key, m.value) for m in messages
                                              if m.offset < ends[tp.partition])
         finally:
             consumer.close()
@@ -418,13 +418,12 @@ def run_faust(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, tim
         return committed(topics.telemetry)
 
     def done() -> bool:
-        """Validation committed every raw record, every outcome is on its topic, and the window
-        agent committed every valid record."""
+        """The stage committed every raw record and every outcome is on its topic."""
         if committed(topics.telemetry) < n:
             return False
         state["valid"] = sum(kafka.end_offsets(topics.telemetry_valid, parts).values())
         state["dead"] = sum(kafka.end_offsets(topics.deadletter, topics.derived_partitions).values())
-        return state["valid"] + state["dead"] == n and committed(topics.telemetry_valid) >= state["valid"]
+        return state["valid"] + state["dead"] == n
 
     proc = spawn(cmd, env, log)
     sampler = None
@@ -442,10 +441,10 @@ def run_faust(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, tim
             except subprocess.TimeoutExpired:
                 sampler.terminate()
                 sampler.wait()
-    # The stage's own timestamps: its first valid output, its last window-table changelog write.
+    # The stage's own timestamps: its first valid output, its last state changelog write.
     wall0 = proc.spawned_wall  # type: ignore[attr-defined]
     first_ms = kafka.first_timestamp(topics.telemetry_valid, parts)
-    last_ms = kafka.last_timestamp(f"{group}-dcpulse-windows-changelog", parts)
+    last_ms = kafka.last_timestamp(f"{group}-dcpulse-state-changelog", parts)
     if first_ms and last_ms:
         run.span = (first_ms / 1000 - wall0, last_ms / 1000 - wall0)
     return run, state["valid"], state["dead"]
@@ -486,8 +485,8 @@ def compare(kafka: Kafka, topics: Any, quix_topic: str, reference: dict) -> list
 
     parts = topics.telemetry_partitions
     ours = [AnalyticsPoint.model_validate_json(v) for topic in (topics.pue, topics.utilisation)
-            for _, _, v in kafka.read(topic, parts)]
-    theirs = [json.loads(v) for _, _, v in kafka.read(quix_topic, kafka.partitions(quix_topic))]
+            for _, _, _, v in kafka.read(topic, parts)]
+    theirs = [json.loads(v) for _, _, _, v in kafka.read(quix_topic, kafka.partitions(quix_topic))]
     ours_keys = {p.key: p for p in ours}
     same = set(ours_keys) == set(reference) and all(ours_keys[k].fields == reference[k].fields for k in reference)
     d_pue = {(p.time.timestamp(), p.tags["category"]): p.fields.get("pue") for p in ours
@@ -653,7 +652,7 @@ def main() -> None:
             profile_out = Path(tempfile.gettempdir()) / f"bench_windows-{run_id}.{suffix}"
         faust, valid, dead = run_faust(kafka, prefix, topics, n, workdir, args.timeout, broker_pid,
                                        args.profile, profile_out, args.py_spy)
-        print(f"dcpulse Faust stage (`dcpulse streams`: validation + window agents"
+        print(f"dcpulse Faust stage (`dcpulse streams`: the analyse agent, validation + windows"
               f"{f', profiled with {args.profile}' if args.profile else ''}; {valid:,} valid, {dead:,} "
               f"dead-lettered): {describe(faust)}", flush=True)
         if args.profile:

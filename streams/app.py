@@ -1,26 +1,40 @@
-"""The Faust application: validation (raw -> valid or dead letter) and the window stage."""
+"""The Faust application: one agent that validates raw telemetry and computes the windows.
+
+Raw records (keyed by site) come in batches; each raw partition has its own `PartitionStage`
+over a `PartitionState` (streams/stage.py, streams/state.py). For every batch, in this order:
+
+1. each record is judged and folded into the windows (in memory);
+2. its outputs are handed to the producer: the valid record to the valid topic (for the raw
+   sink), or a dead letter; closed-window results to the PUE and utilisation topics;
+3. the state buckets the batch changed are written to the changelog-backed table, once each;
+4. the batch's events are acked (take_events does it when the loop comes back).
+
+Faust commits an offset only for acked events and flushes the producer before it commits, so a
+committed offset never runs ahead of its outputs and state. A worker killed in between restarts
+from the last committed offset with the state of some later batch: the state's offset guard
+(`already_handled`) skips what that state has already seen, and its outputs were sent before it.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
 import faust
 from faust.tables.recovery import Recovery
+from faust.types import TP, EventT
 
 from dcpulse.contract import Telemetry
 from dcpulse.log import get_logger
 from dcpulse.settings import Settings
-from dcpulse.streams.analytics import attach_windows
-from dcpulse.streams.validation import (
-    already_handled,
-    dead_letter,
-    mark_handled,
-    process_record,
-    producer_time_us,
-)
+from dcpulse.streams.stage import PartitionStage
+from dcpulse.streams.state import PartitionState
+from dcpulse.streams.validation import dead_letter, producer_time_us
 
 log = get_logger(__name__)
+SRC_HEADER = "dcpulse-src"  # on valid records: "<raw topic>:<partition>" they came from
 
 
 def seek_before_resuming_streams() -> None:
@@ -52,6 +66,86 @@ def app_id(settings: Settings) -> str:
     return f"{settings.topics.prefix}-streams"
 
 
+class AnalyticsWorker:
+    """The agent's work for each batch; one `PartitionStage` per assigned raw partition."""
+
+    def __init__(self, app: faust.App, settings: Settings, table: Any) -> None:
+        self.app = app
+        self.settings = settings
+        self.table = table
+        self.stages: dict[int, PartitionStage] = {}
+        self.counts: Counter[str] = Counter()
+        self.send_failures: Counter[str] = Counter()
+        t = settings.topics
+        self.topics = {"valid": t.telemetry_valid, "dead": t.deadletter, "pue": t.pue, "utilisation": t.utilisation}
+
+    def stage(self, topic: str, partition: int) -> PartitionStage:
+        stage = self.stages.get(partition)
+        if stage is None:  # first batch since (re)assignment: the table holds the recovered state
+            state = PartitionState(partition, self.settings.analytics.state_buckets)
+            buckets = state.load(self.table.data)
+            log.info("partition state loaded", partition=partition, buckets=buckets, keys=len(state))
+            stage = self.stages[partition] = PartitionStage(
+                f"{topic}:{partition}", partition, state, self.settings.validation, self.settings.analytics)
+        return stage
+
+    def forget(self, tps: set[TP]) -> None:
+        """Partitions revoked or (re)assigned: their state is reloaded from the table next time."""
+        for tp in tps:
+            if tp.topic == self.settings.topics.telemetry:
+                self.stages.pop(tp.partition, None)
+
+    async def handle_batch(self, events: Sequence[EventT]) -> None:
+        by_partition: dict[int, list[EventT]] = {}
+        for event in events:
+            by_partition.setdefault(event.message.partition, []).append(event)
+        for partition, group in by_partition.items():
+            stage = self.stage(group[0].message.topic, partition)
+            for event in group:
+                await self._handle(stage, event)
+            for key, value in stage.state.dirty_buckets():  # type: ignore[attr-defined]
+                self.table.data[key] = value  # what the table would hold after `table[key] = value`
+                self.table.send_changelog(partition, key, value)  # to this raw partition's changelog
+
+    async def _handle(self, stage: PartitionStage, event: EventT) -> None:
+        message = event.message
+        verdict = stage.handle(message.offset, producer_time_us(message.timestamp), message.key, message.value)
+        outcome = verdict.outcome
+        if outcome is None:
+            self.counts["redelivered"] += 1  # its outcome went out when it was first handled
+            return
+        if isinstance(outcome, Telemetry):
+            self.counts["valid"] += 1
+            await self._send("valid", message.key, message.value,
+                             [(SRC_HEADER, f"{message.topic}:{message.partition}".encode())])
+        else:
+            self.counts[outcome.reason] += 1
+            letter = dead_letter(outcome, stage="validate", topic=message.topic, partition=message.partition,
+                                 offset=message.offset, key=message.key, value=message.value)
+            await self._send("dead", message.key, letter.to_bytes())
+            log.warning("record dead-lettered", reason=outcome.reason, topic=message.topic,
+                        partition=message.partition, offset=message.offset)
+        self.counts["late"] += verdict.late
+        self.counts["not_newer"] += verdict.not_newer
+        for point in verdict.points:
+            await self._send(point.measurement if point.measurement == "utilisation" else "pue",
+                             message.key, point.to_bytes())
+            self.counts[point.measurement] += 1
+
+    async def _send(self, kind: str, key: bytes | None, value: bytes,
+                    headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Straight to the producer (faust's Topic.send costs 5x more per message, measured in
+        bench_windows); the commit's producer flush still covers it. Failures are counted and
+        logged, not awaited per message."""
+        future = await self.app.producer.send(self.topics[kind], key, value, None, None, headers)
+        future.add_done_callback(lambda f, kind=kind: self._sent(kind, f))
+
+    def _sent(self, kind: str, future: Any) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.send_failures[kind] += 1
+            log.error("produce failed", topic=self.topics[kind], error=repr(future.exception()))
+
+
 def create_app(settings: Settings) -> faust.App:
     seek_before_resuming_streams()  # or records arriving during a rebalance can be lost
     app = faust.App(
@@ -64,75 +158,41 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,  # faust's web server binds all interfaces by default
         producer_acks=-1,
         producer_compression_type="zstd",
-        # Every table write is a changelog message: without linger each one became its own
-        # compressed batch and produce request (bench_windows: 1.5 messages per batch).
-        producer_linger=0.02,
+        producer_linger=0.02,  # outputs and changelog writes go out in shared batches
     )
-    raw_codec = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    raw_topic = app.topic(settings.topics.telemetry, **raw_codec)
-    valid_topic = app.topic(settings.topics.telemetry_valid, **raw_codec)
-    dead_topic = app.topic(settings.topics.deadletter, **raw_codec)
-    counts: Counter[str] = Counter()
-    checks = settings.validation
-    # State of the stateful rules (streams/validation.py: check_duplicate, check_clock_skew).
-    # Changelog-backed and co-partitioned with the raw topic: both are only written while
-    # processing a record, so each entry goes to the changelog partition of that record's raw
-    # partition (a device's samples, and a partition's clock, live on one raw partition).
-    table_codec = {"key_type": str, "value_type": bytes}  # keys as JSON strings, values raw (orjson)
-    partition_clocks = app.Table(
-        "validation-partition-clock", default=None, partitions=settings.topics.telemetry_partitions,
-        help="raw partition -> [watermark us, newest Kafka timestamp us] of accepted records, and the "
-        "last raw offset handled (key __partition__/<n>/offset)", **table_codec,
-    )
-    devices_seen = app.Table(
-        "validation-device-seen", default=None, partitions=settings.topics.telemetry_partitions,
-        help="site/device -> [seq, ts us] of its last accepted sample", **table_codec,
-    )
+    raw_topic = app.topic(settings.topics.telemetry, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw")
+    # Co-partitioned with the raw topic: entries are only written for the partition whose records
+    # changed them (streams/state.py). Values are encoded buckets (orjson).
+    table = app.Table("dcpulse-state", default=None, partitions=settings.topics.telemetry_partitions,
+                      key_type=str, value_type=bytes,  # keys as JSON strings, values raw
+                      help="<raw partition>/<bucket> -> validation and window state of that partition")
+    worker = AnalyticsWorker(app, settings, table)
+    batch = settings.analytics
 
     # concurrency=1: with more, faust can commit past an in-flight message (faust #606).
     @app.agent(raw_topic, concurrency=1)
-    async def validate_telemetry(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            if already_handled(partition_clocks, message.partition, message.offset):
-                counts["redelivered"] += 1  # its outcome went out when it was first handled
-                continue
-            # Loads and stores the rules' state in the tables; values are assigned back, never
-            # mutated in place, so the changelog sees every change.
-            outcome = process_record(
-                message.value, message.partition, producer_time_us(message.timestamp),
-                partition_clocks, devices_seen,
-                max_clock_skew_s=checks.max_clock_skew_s, max_message_bytes=checks.max_message_bytes,
-            )
-            if isinstance(outcome, Telemetry):
-                # Keyed by site: the window stage needs all of a site on one partition, in order;
-                # dcpulse-src names the raw partition for its per-source watermarks.
-                await valid_topic.send(
-                    key=outcome.site.encode(), value=outcome.to_bytes(),
-                    headers=[("dcpulse-src", f"{message.topic}:{message.partition}".encode())],
-                )
-                counts["valid"] += 1
-            else:
-                counts[outcome.reason] += 1
-                letter = dead_letter(
-                    outcome, stage="validate", topic=message.topic, partition=message.partition,
-                    offset=message.offset, key=message.key, value=message.value,
-                )
-                await dead_topic.send(key=message.key, value=letter.to_bytes())
-                log.warning("record dead-lettered", reason=outcome.reason, topic=message.topic,
-                            partition=message.partition, offset=message.offset)
-            mark_handled(partition_clocks, message.partition, message.offset)
+    async def analyse(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(batch.batch_max_records, within=batch.batch_max_s):
+            await worker.handle_batch(events)
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
+        worker.forget(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def forget_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
+        worker.forget(assigned)
 
     @app.timer(interval=30.0)
     async def report_counts() -> None:
-        if counts:
-            log.info("validation counts", **dict(counts))
+        if worker.counts:
+            log.info("stage counts", **dict(worker.counts), send_failures=dict(worker.send_failures))
 
     @app.on_before_shutdown.connect
     async def report_final_counts(sender: faust.App, **_: object) -> None:
-        log.info("validation counts", final=True, **dict(counts))
+        log.info("stage counts", final=True, **dict(worker.counts), send_failures=dict(worker.send_failures))
 
-    attach_windows(app, settings)
     return app
 
 

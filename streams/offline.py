@@ -1,4 +1,5 @@
-"""Offline reference: the same pure validation and window engine over recorded records.
+"""Offline reference: the same per-partition stage (validation rules + window engine) over
+recorded records.
 
 Test harnesses compare what the live pipeline wrote to InfluxDB with this, computed from the
 recorded file alone (`dcpulse.producers.recording.iter_recording`).
@@ -7,29 +8,28 @@ recorded file alone (`dcpulse.producers.recording.iter_recording`).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from dcpulse.contract import AnalyticsPoint, Telemetry
+from dcpulse.contract import AnalyticsPoint
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.validation import process_record
-from dcpulse.streams.windows import WindowEngine
+from dcpulse.streams.stage import PartitionStage
 
 
-def reference_results(records: Iterable[tuple[int, int | None, bytes | None]],
+def reference_results(records: Iterable[tuple[int, int | None, bytes | None, bytes | None]],
                       analytics: AnalyticsSettings | None = None,
                       validation: ValidationSettings | None = None) -> dict[str, AnalyticsPoint]:
-    """records: (raw partition, Kafka timestamp in ms or None, value), each partition's records in
-    its order. Runs the validation stage's rules (with dicts where the worker has tables) and the
-    window engine; returns point key -> point for every window the data closed."""
-    checks = validation or ValidationSettings()
-    engine = WindowEngine(analytics or AnalyticsSettings(), {})
-    clocks: dict[str, bytes] = {}
-    devices: dict[str, bytes] = {}
+    """records: (raw partition, Kafka timestamp in ms or None, key, value), each partition's
+    records in its order. Returns point key -> point for every window the data closed."""
+    stages: dict[int, PartitionStage] = {}
     results: dict[str, AnalyticsPoint] = {}
-    for partition, timestamp_ms, value in records:
-        outcome = process_record(value, partition, None if timestamp_ms is None else timestamp_ms * 1000,
-                                 clocks, devices, max_clock_skew_s=checks.max_clock_skew_s,
-                                 max_message_bytes=checks.max_message_bytes)
-        if isinstance(outcome, Telemetry):
-            for point in engine.process(f"raw:{partition}", outcome):
-                results[point.key] = point
+    for partition, timestamp_ms, key, value in records:
+        stage = stages.get(partition)
+        if stage is None:
+            state: dict[str, Any] = {}
+            stage = stages[partition] = PartitionStage(f"raw:{partition}", partition, state,
+                                                       validation or ValidationSettings(),
+                                                       analytics or AnalyticsSettings())
+        verdict = stage.handle(None, None if timestamp_ms is None else timestamp_ms * 1000, key, value)
+        for point in verdict.points:
+            results[point.key] = point
     return results

@@ -17,6 +17,7 @@ Reasons (stable strings, counted and written into dead letters; docs/schema.md):
 | `wrong_type`     | a value of the wrong type (pydantic `*_type`, `*_parsing`, `enum`, ...)     |
 | `invalid_fields` | any other contract violation (range, name pattern, time zone, schema id...) |
 | `absurd_value`   | a known metric outside its physically possible range (`ABSURD_LIMITS`)      |
+| `wrong_key`      | the Kafka key is not the record's site (the contract keys by site)          |
 | `duplicate`      | seq and ts not newer than the device's last accepted sample                 |
 | `clock_skew`     | event time too far ahead of the partition's clock                           |
 
@@ -47,6 +48,7 @@ UNKNOWN_FIELD = "unknown_field"
 WRONG_TYPE = "wrong_type"
 INVALID_FIELDS = "invalid_fields"
 ABSURD_VALUE = "absurd_value"
+WRONG_KEY = "wrong_key"
 DUPLICATE = "duplicate"
 CLOCK_SKEW = "clock_skew"
 
@@ -54,7 +56,7 @@ CLOCK_SKEW = "clock_skew"
 # the first reason in this tuple that applies is the one reported.
 REASON_PRIORITY: tuple[str, ...] = (
     OVERSIZE, MALFORMED_JSON, NON_FINITE, MISSING_FIELD, UNKNOWN_FIELD, WRONG_TYPE,
-    INVALID_FIELDS, ABSURD_VALUE, DUPLICATE, CLOCK_SKEW,
+    INVALID_FIELDS, ABSURD_VALUE, WRONG_KEY, DUPLICATE, CLOCK_SKEW,
 )
 REASONS = frozenset(REASON_PRIORITY)
 
@@ -207,14 +209,14 @@ class DeviceSeen:
     seq: int
     ts_us: int
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps([self.seq, self.ts_us])
+    def to_state(self) -> list[int]:
+        return [self.seq, self.ts_us]
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> DeviceSeen | None:
-        if raw is None:
+    def from_state(cls, state: list[int] | None) -> DeviceSeen | None:
+        if state is None:
             return None
-        seq, ts_us = orjson.loads(raw)
+        seq, ts_us = state
         return cls(seq, ts_us)
 
 
@@ -236,14 +238,14 @@ class PartitionClock:
     watermark_us: int
     producer_us: int | None
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps([self.watermark_us, self.producer_us])
+    def to_state(self) -> list[int | None]:
+        return [self.watermark_us, self.producer_us]
 
     @classmethod
-    def from_bytes(cls, raw: bytes | None) -> PartitionClock | None:
-        if raw is None:
+    def from_state(cls, state: list[int | None] | None) -> PartitionClock | None:
+        if state is None:
             return None
-        watermark_us, producer_us = orjson.loads(raw)
+        watermark_us, producer_us = state
         return cls(watermark_us, producer_us)
 
 
@@ -320,42 +322,45 @@ def offset_key(partition: int) -> str:
     return f"__partition__/{partition}/offset"
 
 
-def already_handled(clocks: Mapping[str, bytes], partition: int, offset: int) -> bool:
+def already_handled(clocks: Mapping[str, Any], partition: int, offset: int) -> bool:
     """True for a record redelivered after it was handled: Kafka and Faust deliver at least once,
     and a rebalance or restart rewinds to the last committed offset. Its outcome went out the
     first time; judging it again would call a forwarded record a `duplicate`, or dead-letter a
     bad one twice."""
     done = clocks.get(offset_key(partition))
-    return done is not None and offset <= int(done)
+    return done is not None and offset <= done
 
 
-def mark_handled(clocks: MutableMapping[str, bytes], partition: int, offset: int) -> None:
+def mark_handled(clocks: MutableMapping[str, Any], partition: int, offset: int) -> None:
     """Record that the partition's records up to `offset` have had their outcome sent."""
-    clocks[offset_key(partition)] = str(offset).encode()
+    clocks[offset_key(partition)] = offset
 
 
 def process_record(
     value: bytes | None, partition: int, producer_us: int | None,
-    clocks: MutableMapping[str, bytes], devices: MutableMapping[str, bytes],
-    *, max_clock_skew_s: float = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES,
+    clocks: MutableMapping[str, Any], devices: MutableMapping[str, Any],
+    *, max_clock_skew_s: float = 60.0, max_message_bytes: int = MAX_MESSAGE_BYTES, key: bytes | None,
 ) -> Telemetry | Rejection:
-    """The whole stage for one raw record, records given in partition order: `validate`, then
-    `judge` against the state loaded from `clocks` / `devices` (encoded as the Faust tables keep
-    it), storing the new state (assigned back) only when the record is accepted. The agent passes
-    its Faust tables; an offline reference passes two dicts and gets the same verdicts."""
+    """The whole stage for one raw record, records given in partition order: `validate`, the
+    Kafka `key` against the site, then `judge` against the state loaded from `clocks` / `devices` (JSON values), storing the new
+    state (assigned back) only when the record is accepted. The worker passes its partition's
+    state (streams/state.py) for both; an offline reference passes dicts and gets the same
+    verdicts."""
     outcome = validate(value, max_message_bytes)
     if not isinstance(outcome, Telemetry):
         return outcome
+    if key != outcome.site.encode():
+        return Rejection(WRONG_KEY, f"Kafka key {key!r} is not the record's site {outcome.site!r}")
     clock_key, seen_key = partition_key(partition), device_key(outcome)
-    clock = PartitionClock.from_bytes(clocks.get(clock_key))
-    seen = DeviceSeen.from_bytes(devices.get(seen_key))
+    clock = PartitionClock.from_state(clocks.get(clock_key))
+    seen = DeviceSeen.from_state(devices.get(seen_key))
     verdict, new_clock, new_seen = judge(outcome, producer_us, clock, seen, max_clock_skew_s)
     if verdict is not None:
         return verdict
     if new_clock is not None and new_clock != clock:
-        clocks[clock_key] = new_clock.to_bytes()
+        clocks[clock_key] = new_clock.to_state()
     if new_seen is not None and new_seen != seen:
-        devices[seen_key] = new_seen.to_bytes()
+        devices[seen_key] = new_seen.to_state()
     return outcome
 
 

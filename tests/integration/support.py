@@ -87,7 +87,7 @@ def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path,
         stats = record(source.kafka.bootstrap, [source.topics.telemetry], recording, idle_timeout_s=3.0)
         topic = source.topics.telemetry
     assert stats.records == publisher.sent
-    reference = reference_results((m.partition, m.timestamp_ms, m.value) for m in iter_recording(recording))
+    reference = reference_results((m.partition, m.timestamp_ms, m.key, m.value) for m in iter_recording(recording))
     expected = {key: dict(point.fields) for key, point in reference.items()}
     # Per closed minute: 3 PUE categories, pPUE, site efficiency, 4 racks + hall + site utilisation.
     assert len(expected) >= 11 * (minutes - 2)

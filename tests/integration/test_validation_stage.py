@@ -57,13 +57,13 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
                          metrics=metrics or {"power_kw": 42.5, "energy_kwh": 1000.0 + seq})
 
     def good_round(seq: int, seconds: float) -> list[tuple[bytes, bytes, str | None]]:
-        return [(f"{site}/{d}".encode(), sample(d, seq, seconds + i / 10).to_bytes(), None)
+        return [(site.encode(), sample(d, seq, seconds + i / 10).to_bytes(), None)
                 for i, d in enumerate(devices)]
 
     template = orjson.loads(sample("bad", 0, 0).to_bytes())
 
     def bad(kind: str, value: bytes) -> tuple[bytes, bytes, str]:
-        return f"{site}/bad-{kind}".encode(), value, kind
+        return site.encode(), value, kind
 
     duplicated = sample(devices[0], 1, 10)
     skewed = sample(devices[1], 3, 600)  # 10 min ahead of everything else on pdu-1's partition
@@ -75,9 +75,11 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
         bad("non_finite", orjson.dumps(template).replace(b'"power_kw":42.5', b'"power_kw":NaN')),
         bad("oversize", orjson.dumps({**template, "metrics": {f"m{i}": float(i) for i in range(9000)}})),
         bad("absurd_value", orjson.dumps({**template, "metrics": {"power_kw": -5.0}})),
-        # Same key as a good device, so the same raw partition, after the original / after good samples.
-        (f"{site}/{devices[0]}".encode(), duplicated.to_bytes(), "duplicate"),
-        (f"{site}/{devices[1]}".encode(), skewed.to_bytes(), "clock_skew"),
+        # Keyed by site like every record, so the same raw partition, after the original / after good samples.
+        (site.encode(), duplicated.to_bytes(), "duplicate"),
+        (site.encode(), skewed.to_bytes(), "clock_skew"),
+        # A good sample keyed by device: its site's windows would be split across partitions.
+        (f"{site}/{devices[2]}".encode(), sample(devices[2], 9, 25).to_bytes(), "wrong_key"),
     ]
     by_reason = {reason: value for _, value, reason in bad_records}
     assert b"NaN" in by_reason["non_finite"]
@@ -86,7 +88,7 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
     records = good_round(0, 0) + good_round(1, 10) + good_round(2, 20) + bad_records + good_round(4, 30)
     expected_bad = {value: (key, reason) for key, value, reason in records if reason is not None}
     expected_good = {key + b"|" + value: key for key, value, reason in records if reason is None}
-    assert len(expected_bad) == 9 and len(expected_good) == 4 * len(devices)
+    assert len(expected_bad) == 10 and len(expected_good) == 4 * len(devices)
 
     raw_topic = settings.topics.telemetry
     consumers = {"valid": tail_consumer(settings, settings.topics.telemetry_valid),
@@ -104,7 +106,7 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
             def keep(name: str, message) -> bool:
                 if name == "valid":
                     return message.key == site.encode()
-                return message.key is not None and message.key.startswith(f"{site}/".encode())
+                return message.key is not None and message.key.split(b"/")[0] == site.encode()
 
             def done(found: dict[str, list]) -> bool:
                 return len(found["valid"]) >= len(expected_good) and len(found["dead"]) >= len(expected_bad)
@@ -126,14 +128,14 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
         assert (letter["source_topic"], letter["source_partition"]) == (raw_topic, sent_partition[key])
         assert letter["source_offset"] >= 0
     # The skewed record shares a partition with its good device's samples, which were accepted.
-    assert sent_partition[f"{site}/{devices[1]}".encode()] == next(
+    assert sent_partition[site.encode()] == next(
         letter["source_partition"] for letter in letters if letter["reason"] == "clock_skew")
 
     # Every good record: exactly once in the valid topic, keyed by site, with its source partition.
     received = Counter()
     for message in found["valid"]:
         event = Telemetry.from_bytes(message.value)
-        key = f"{site}/{event.device}".encode()
+        key = site.encode()
         received[key + b"|" + message.value] += 1
         assert message.key == site.encode()
         assert dict(message.headers)["dcpulse-src"] == f"{raw_topic}:{sent_partition[key]}".encode()
@@ -149,13 +151,13 @@ def test_every_raw_record_is_forwarded_or_dead_lettered_once(
     # The counts match exactly: 24 forwarded, one dead letter per kind.
     assert Counter(letter["reason"] for letter in letters) == Counter(
         {reason: 1 for reason in ("malformed_json", "missing_field", "wrong_type", "unknown_field", "non_finite",
-                                  "oversize", "absurd_value", "duplicate", "clock_skew")})
+                                  "oversize", "absurd_value", "wrong_key", "duplicate", "clock_skew")})
     assert len(found["valid"]) == 4 * len(devices)
 
     # The worker logged its counts when it shut down.
     lines = (tmp_path / "streams.log").read_text(errors="replace").splitlines()
     # (a line may start with the terminal escape codes of faust's spinner)
     finals = [orjson.loads(line[line.index("{"):]) for line in lines
-              if '"validation counts"' in line and '"final"' in line]
-    assert finals, "no final validation counts logged at shutdown"
+              if '"stage counts"' in line and '"final"' in line]
+    assert finals, "no final stage counts logged at shutdown"
     assert finals[-1]["valid"] >= 4 * len(devices) and finals[-1]["clock_skew"] >= 1

@@ -18,10 +18,11 @@ START = datetime(2026, 7, 1, 10, 0, tzinfo=UTC)
 
 
 def simulate(presets: list[str], seconds: float, faults: list[str] | None = None):
-    """(simulator, [(raw partition as Kafka would pick it by key, Kafka timestamp ms, value)])."""
+    """(simulator, [(raw partition as Kafka would pick it by key, Kafka timestamp ms, key, value)])."""
     sim = ScenarioSimulator(build_scenario(presets, None, faults or [], 7, START))
-    records: list[tuple[int, int, bytes]] = []
-    run_scenario(sim, seconds, None, lambda key, value, ts_ms: records.append((zlib.crc32(key) % 6, ts_ms, value)))
+    records: list[tuple[int, int, bytes, bytes]] = []
+    run_scenario(sim, seconds, None,
+                 lambda key, value, ts_ms: records.append((zlib.crc32(key) % 6, ts_ms, key, value)))
     return sim, records
 
 
