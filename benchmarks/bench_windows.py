@@ -25,10 +25,13 @@ Starts the local servers if needed (`dcpulse services up`), then runs, one after
    the first sample after a window's end, so it emits a window's PUE when the next one closes.
    Its results are compared with dcpulse's at the end (same windows, same values expected).
    The dcpulse stage does more per record: validation (contract, plausibility, duplicates, clock
-   skew, dead letters), forwards every valid record to the valid topic, and computes roll-ups, pPUE, efficiency and
-   hall/site utilisation on close; the pure-engine figure is that logic without Kafka.
+   skew, dead letters), forwards every valid record to the valid topic, and computes roll-ups,
+   pPUE, efficiency and hall/site utilisation on close; the pure-engine figure is that logic without Kafka.
+5. faust-streaming alone: a Faust worker with the stage's agent shape (take_events, same batch
+   and client settings) that does nothing with the records, measured the same way: the
+   framework's own ceiling on this machine, for reading the ratio.
 
-How throughput is measured (both Kafka workers the same way): a monitor polls the committed
+How throughput is measured (every Kafka worker the same way): a monitor polls the committed
 offsets of the worker's consumer group every 0.2 s, from just before the process is spawned.
 Done = every record is committed (dcpulse: the raw topic, in group `<prefix>-streams`, and every
 outcome is on the valid or dead-letter topic; Quix: the raw topic). Committed offsets
@@ -176,6 +179,32 @@ def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_d
     print(json.dumps(progress), flush=True)
 
 
+def faust_noop_worker(bootstrap: str, source: str, group: str) -> None:
+    """faust-streaming's own ceiling: the stage's agent shape (take_events, same batch settings,
+    same consumer and producer settings) doing nothing with the records."""
+    import logging
+
+    import faust
+
+    from dcpulse.settings import AnalyticsSettings
+
+    batch = AnalyticsSettings()
+    app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
+                    datadir=tempfile.mkdtemp(prefix="bench-faust-noop-"), consumer_auto_offset_reset="earliest",
+                    topic_replication_factor=1, producer_acks=-1, producer_linger=0.02)
+    raw = app.topic(source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(raw, concurrency=1)
+    async def noop(stream: faust.StreamT) -> None:
+        async for _events in stream.take_events(batch.batch_max_records, within=batch.batch_max_s):
+            pass
+
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    for name in ("aiokafka", "faust", "mode", "kafka"):  # as dcpulse.streams.app.run_worker does
+        logging.getLogger(name).setLevel(logging.WARNING)
+    worker.execute_from_commandline()
+
+
 # ---- the monitor ---------------------------------------------------------------------------------
 
 @dataclass
@@ -187,6 +216,7 @@ class StageRun:
     cpu_s: float | None  # the worker process's CPU time (all threads) until done
     broker_cpu_s: float | None  # the Kafka broker's CPU time meanwhile (shared broker: others count too)
     span: tuple[float, float] | None = None  # processing first / last record, seconds after spawn
+    spawned_wall: float | None = None  # wall-clock time the worker was spawned
 
     @property
     def rate(self) -> float:
@@ -450,17 +480,22 @@ def run_faust(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, tim
     return run, state["valid"], state["dead"]
 
 
-def run_quix(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
-             broker_pid: int | None) -> tuple[StageRun, dict]:
-    group = f"{prefix}-quix"
-    out_topic = f"{prefix}.quix-results.v1"
-    log = workdir / "quix.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", kafka.bootstrap, topics.telemetry,
-           group, out_topic, str(workdir / "quix-state")]
+def run_faust_noop(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
+                   broker_pid: int | None) -> StageRun:
+    group = f"{prefix}-faust-noop"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--faust-noop-worker", kafka.bootstrap, topics.telemetry,
+           group]
+    return run_committing(kafka, group, topics.telemetry, n, cmd, workdir / "faust-noop.log", timeout_s,
+                          broker_pid)
+
+
+def run_committing(kafka: Kafka, group: str, topic: str, n: int, cmd: list[str], log: Path, timeout_s: float,
+                   broker_pid: int | None) -> StageRun:
+    """Spawn a worker and watch until its group has committed n records of `topic`."""
     state = {"raw": 0}
 
     def progress() -> int:
-        state["raw"] = sum(o for (t, _), o in kafka.committed(group).items() if t == topics.telemetry)
+        state["raw"] = sum(o for (t, _), o in kafka.committed(group).items() if t == topic)
         return state["raw"]
 
     proc = spawn(cmd, dict(os.environ), log)
@@ -468,13 +503,26 @@ def run_quix(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, time
         run = watch(proc, log, progress, lambda: state["raw"] >= n, timeout_s, broker_pid)
     finally:
         stop(proc)
+    run.spawned_wall = proc.spawned_wall  # type: ignore[attr-defined]  # set by spawn()
+    return run
+
+
+def run_quix(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
+             broker_pid: int | None) -> tuple[StageRun, dict]:
+    group = f"{prefix}-quix"
+    out_topic = f"{prefix}.quix-results.v1"
+    log = workdir / "quix.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", kafka.bootstrap, topics.telemetry,
+           group, out_topic, str(workdir / "quix-state")]
+
+    run = run_committing(kafka, group, topics.telemetry, n, cmd, log, timeout_s, broker_pid)
     counts = {}
     for line in reversed(log.read_text(errors="replace").splitlines()):
         if line.startswith("{"):
             counts = json.loads(line)
             break
-    wall0 = proc.spawned_wall  # type: ignore[attr-defined]
     if counts.get("first"):
+        wall0 = run.spawned_wall or 0.0
         run.span = (counts["first"] - wall0, counts["last"] - wall0)
     return run, {**counts, "topic": out_topic}
 
@@ -667,6 +715,10 @@ def main() -> None:
         print(f"Quix Streams {version('quixstreams')} (same windows: JSON, event time from ts, 1-minute tumbling "
               f"window collect + final, PUE 1-3 and rack utilisation; {counts.get('count', 0):,} records "
               f"processed, {counts.get('outputs', 0):,} results): {describe(quix)}", flush=True)
+        noop = run_faust_noop(kafka, prefix, topics, n, workdir, args.timeout, broker_pid)
+        print(f"faust-streaming alone (a no-op agent, same take_events batches and client settings, same "
+              f"topic): {describe(noop)}; dcpulse stage / no-op: {faust.steady / noop.steady:.2f}, "
+              f"no-op / Quix: {noop.steady / quix.steady:.2f} in steady records/s", flush=True)
         ratio = faust.steady / quix.steady
         spans = (f", {faust.span_rate / quix.span_rate:.2f} over the processing spans"
                  if faust.span_rate and quix.span_rate else "")
@@ -677,7 +729,7 @@ def main() -> None:
         for line in compare(kafka, topics, counts["topic"], reference):
             print(line, flush=True)
     finally:
-        kafka.delete(run_id, [f"{prefix}-streams", f"{prefix}-quix"])
+        kafka.delete(run_id, [f"{prefix}-streams", f"{prefix}-quix", f"{prefix}-faust-noop"])
         kafka.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -685,5 +737,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--quix-worker":
         quix_worker(*sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "--faust-noop-worker":
+        faust_noop_worker(*sys.argv[2:])
     else:
         main()

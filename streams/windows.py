@@ -27,8 +27,8 @@ from typing import Any
 
 from dcpulse.contract import AnalyticsPoint, Telemetry
 from dcpulse.settings import AnalyticsSettings
-from dcpulse.streams.energy import (EnergySum, WindowTotals, percentile, pue, quality, ratio, rollup, sum_meters,
-                                    window_energy)
+from dcpulse.streams.energy import (EnergySum, WindowTotals, integrate_power, percentile, pue, quality, ratio,
+                                    rollup, sum_meters, window_energy)
 
 # Which cumulative registers each device kind carries, and what they mean.
 REGISTERS = {
@@ -43,6 +43,20 @@ REGISTERS = {
     "dry_cooler": ("energy_kwh",),
     "pump": ("energy_kwh",),
     "water_meter": ("volume_l",),
+}
+# Where a device has no register, its power gauge: (kind, register) -> (gauge metric, kW per unit).
+POWER_GAUGES = {
+    ("facility_meter", "energy_kwh"): ("power_kw", 1.0),
+    ("ups", "output_energy_kwh"): ("output_power_kw", 1.0),
+    ("ups", "input_energy_kwh"): ("input_power_kw", 1.0),
+    ("pdu", "energy_kwh"): ("power_kw", 1.0),
+    ("server", "energy_kwh"): ("power_w", 1e-3),
+    ("cdu", "energy_kwh"): ("power_kw", 1.0),
+    ("crah", "energy_kwh"): ("fan_power_kw", 1.0),
+    ("chiller", "energy_kwh"): ("power_kw", 1.0),
+    ("cooling_tower", "energy_kwh"): ("fan_power_kw", 1.0),
+    ("dry_cooler", "energy_kwh"): ("fan_power_kw", 1.0),
+    ("pump", "energy_kwh"): ("power_kw", 1.0),
 }
 # PUE category -> (device kind, register) metering IT energy there.
 IT_METERS = {"1": ("ups", "output_energy_kwh"), "2": ("pdu", "energy_kwh"), "3": ("server", "energy_kwh")}
@@ -98,6 +112,8 @@ class WindowEngine:
         for name in REGISTERS.get(kind, ()):
             if name in m:
                 insort(state["reg"].setdefault(name, []), [ts, m[name]])
+            elif (gauge := POWER_GAUGES.get((kind, name))) and gauge[0] in m:  # no register: its power
+                insort(state.setdefault("pow", {}).setdefault(name, []), [ts, m[gauge[0]] * gauge[1]])
         start = str(math.floor(ts / self.cfg.window_s) * self.cfg.window_s)
         agg = state["win"].setdefault(start, {})
         if kind == "server":
@@ -146,6 +162,9 @@ class WindowEngine:
         for name, state in devices:
             for register, samples in state["reg"].items():
                 energy[(name, register)] = window_energy([tuple(x) for x in samples], start, end)
+            for register, samples in state.get("pow", {}).items():
+                if energy.get((name, register)) is None:
+                    energy[(name, register)] = _integrated(samples, start, end)
         by_kind: dict[str, list[tuple[str, dict]]] = defaultdict(list)
         for name, state in devices:
             by_kind[state["kind"]].append((name, state))
@@ -313,9 +332,10 @@ class WindowEngine:
                 del self.store[key]
                 continue
             keep.append(name)
-            for register, samples in state["reg"].items():
-                before = [s for s in samples if s[0] < end]
-                state["reg"][register] = before[-1:] + [s for s in samples if s[0] >= end]
+            for series in (state["reg"], state.get("pow", {})):
+                for register, samples in series.items():
+                    before = [s for s in samples if s[0] < end]
+                    series[register] = before[-1:] + [s for s in samples if s[0] >= end]
             state["win"] = {k: v for k, v in state["win"].items() if float(k) >= end}
             self.store[key] = state
         if len(keep) != len(devices):
@@ -327,6 +347,13 @@ def _accelerator_metrics(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple
     """(acc*_util names, acc*_power_w names) of a server message layout: layouts repeat."""
     accs = [n for n in names if n.startswith("acc")]
     return tuple(n for n in accs if n.endswith("_util")), tuple(n for n in accs if n.endswith("_power_w"))
+
+
+def _integrated(samples: list[list[float]], start: float, end: float) -> float | None:
+    """A power gauge's energy over the window, or None unless its samples span all of it (like
+    a register whose boundaries are not bracketed)."""
+    kwh, covered = integrate_power([(t, p) for t, p in samples], start, end)
+    return kwh if covered >= end - start else None
 
 
 def _acc(agg: dict, name: str, value: float | None) -> None:

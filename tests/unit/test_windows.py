@@ -122,3 +122,25 @@ def test_a_redelivered_sample_is_not_counted_twice() -> None:
         engine.process("p0", sample)
     assert engine.redelivered == 2 and engine.late == 0
     assert len(engine.store["s|d|m1"]["reg"]["energy_kwh"]) == 5
+
+
+def test_a_meter_without_register_falls_back_to_integrated_power() -> None:
+    """Facility meter with a power gauge only (120 kW), UPS output with a register (100 kW):
+    category 1 PUE = 120 / 100, the facility energy integrated from the gauge."""
+    engine = WindowEngine(AnalyticsSettings(allowed_lateness_s=30), {})
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    points = []
+    for i in range(16):  # 0..150 s: [0, 60) and [60, 120) close
+        ts = t0 + timedelta(seconds=10 * i)
+        points += engine.process("p0", Telemetry(site="s", device="fm", kind=DeviceKind.FACILITY_METER, seq=i,
+                                                 ts=ts, metrics={"power_kw": 120.0}))
+        points += engine.process("p0", Telemetry(site="s", device="ups-1", kind=DeviceKind.UPS, seq=i, ts=ts,
+                                                 metrics={"output_energy_kwh": 100.0 * 10 * i / 3600,
+                                                          "output_power_kw": 100.0}))
+    minutes = [p for p in points if p.measurement == "pue" and p.tags == {"site": "s", "category": "1", "window": "1m"}]
+    assert len(minutes) == 2
+    for p in minutes:
+        assert p.fields["facility_kwh"] == pytest.approx(2.0, rel=1e-12)  # 120 kW for 60 s
+        assert p.fields["it_kwh"] == pytest.approx(100.0 / 60, rel=1e-12)
+        assert p.fields["pue"] == pytest.approx(1.2, rel=1e-12) and p.fields["coverage"] == 1.0
+    assert "pow" not in engine.store["s|d|ups-1"]  # the register is used where there is one
