@@ -73,7 +73,7 @@ class AnalyticsWorker:
         self.app = app
         self.settings = settings
         self.table = table
-        self.stages: dict[int, PartitionStage] = {}
+        self.stages: dict[int, tuple[PartitionStage, PartitionState]] = {}
         self.counts: Counter[str] = Counter()
         self.send_failures: Counter[str] = Counter()
         self.in_flight: list[tuple[str, Any]] = []  # (kind, delivery future) not yet seen done
@@ -81,16 +81,17 @@ class AnalyticsWorker:
         t = settings.topics
         self.topics = {"valid": t.telemetry_valid, "dead": t.deadletter, "pue": t.pue, "utilisation": t.utilisation}
 
-    def stage(self, topic: str, partition: int) -> PartitionStage:
-        stage = self.stages.get(partition)
-        if stage is None:  # first batch since (re)assignment: the table holds the recovered state
+    def stage(self, topic: str, partition: int) -> tuple[PartitionStage, PartitionState]:
+        known = self.stages.get(partition)
+        if known is None:  # first batch since (re)assignment: the table holds the recovered state
             state = PartitionState(partition, self.settings.analytics.state_buckets)
             buckets = state.load(self.table.data)
             log.info("partition state loaded", partition=partition, buckets=buckets, keys=len(state))
-            stage = self.stages[partition] = PartitionStage(
-                f"{topic}:{partition}", partition, state, self.settings.validation, self.settings.analytics)
+            stage = PartitionStage(f"{topic}:{partition}", partition, state, self.settings.validation,
+                                   self.settings.analytics)
+            known = self.stages[partition] = (stage, state)
             self.src_headers[partition] = [(SRC_HEADER, stage.source.encode())]
-        return stage
+        return known
 
     def forget(self, tps: set[TP]) -> None:
         """Partitions revoked or (re)assigned: their state is reloaded from the table next time."""
@@ -104,10 +105,10 @@ class AnalyticsWorker:
         for event in events:
             by_partition.setdefault(event.message.partition, []).append(event)
         for partition, group in by_partition.items():
-            stage = self.stage(group[0].message.topic, partition)
+            stage, state = self.stage(group[0].message.topic, partition)
             for event in group:
                 await self._handle(stage, event)
-            for key, value in stage.state.dirty_buckets():  # type: ignore[attr-defined]
+            for key, value in state.dirty_buckets():
                 self.table.data[key] = value  # what the table would hold after `table[key] = value`
                 self.table.send_changelog(partition, key, value)  # to this raw partition's changelog
 
@@ -137,8 +138,8 @@ class AnalyticsWorker:
 
     async def _send(self, kind: str, key: bytes | None, value: bytes,
                     headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Straight to the producer (faust's Topic.send cost 5x more per message in a no-op agent
-        test); the commit's producer flush still covers it. Deliveries are checked in bulk
+        """Straight to the producer, not through Topic.send's per-message machinery; the commit's
+        producer flush still covers it. Deliveries are checked in bulk
         (`check_deliveries`), not awaited or called back per message."""
         self.in_flight.append((kind, await self.app.producer.send(self.topics[kind], key, value, None, None, headers)))
 
