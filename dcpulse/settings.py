@@ -118,8 +118,8 @@ class AnalyticsSettings(BaseModel):
     idle_source_s: float = Field(300.0, gt=0, description="A source this far behind the newest stops holding windows")
     batch_max_records: int = Field(2000, ge=1, description="Records the worker handles per batch at most")
     batch_max_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch (adds at most this to latency)")
-    state_buckets: int = Field(64, ge=1, description="Changelog entries per raw partition's state; "
-                                                     "fixed for the life of a changelog")
+    state_buckets: int = Field(256, ge=1, description="Changelog entries per raw partition's state; "
+                                                      "fixed for the life of a changelog")
 
 
 class ServicesSettings(BaseModel):

@@ -35,6 +35,9 @@ from dcpulse.streams.validation import dead_letter, producer_time_us
 
 log = get_logger(__name__)
 SRC_HEADER = "dcpulse-src"  # on valid records: "<raw topic>:<partition>" they came from
+# hengqin's largest bucket is 88 KB with 64 buckets, 58 KB with the default 256 (the one holding
+# its list of about 3,000 device names): a warning long before the broker's 1 MiB limit.
+BUCKET_WARN_BYTES = 512 * 1024
 
 
 def seek_before_resuming_streams() -> None:
@@ -109,6 +112,9 @@ class AnalyticsWorker:
             for event in group:
                 await self._handle(stage, event)
             for key, value in state.dirty_buckets():
+                if len(value) > BUCKET_WARN_BYTES:  # Kafka refuses messages over 1 MiB by default
+                    log.error("state bucket near Kafka's message size limit: raise analytics.state_buckets "
+                              "(with a new topic prefix)", key=key, bytes=len(value))
                 self.table.data[key] = value  # what the table would hold after `table[key] = value`
                 self.table.send_changelog(partition, key, value)  # to this raw partition's changelog
 
