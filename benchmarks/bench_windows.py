@@ -527,14 +527,22 @@ def run_quix(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, time
     return run, {**counts, "topic": out_topic}
 
 
-def compare(kafka: Kafka, topics: Any, quix_topic: str, reference: dict) -> list[str]:
+def compare(kafka: Kafka, topics: Any, quix_topic: str, quix_outputs: int, reference: dict) -> list[str]:
     """The two stages' results side by side: PUE per (window, category) and rack utilisation."""
     from dcpulse.contract import AnalyticsPoint
 
     parts = topics.telemetry_partitions
     ours = [AnalyticsPoint.model_validate_json(v) for topic in (topics.pue, topics.utilisation)
             for _, _, _, v in kafka.read(topic, parts)]
-    theirs = [json.loads(v) for _, _, _, v in kafka.read(quix_topic, kafka.partitions(quix_topic))]
+    theirs: list[dict] = []
+    for _ in range(10):  # Quix reported its outputs; give the topic's metadata a moment if it reads empty
+        theirs = [json.loads(v) for _, _, _, v in kafka.read(quix_topic, kafka.partitions(quix_topic))]
+        if theirs or not quix_outputs:
+            break
+        time.sleep(1.0)
+    if quix_outputs and not theirs:
+        return [f"results: Quix reported {quix_outputs:,} results but none could be read back from {quix_topic} "
+                f"(end offsets {kafka.end_offsets(quix_topic, kafka.partitions(quix_topic))}): not compared"]
     ours_keys = {p.key: p for p in ours}
     same = set(ours_keys) == set(reference) and all(ours_keys[k].fields == reference[k].fields for k in reference)
     d_pue = {(p.time.timestamp(), p.tags["category"]): p.fields.get("pue") for p in ours
@@ -726,7 +734,7 @@ def main() -> None:
               f"{faust.rate / quix.rate:.2f} from process start{spans}"
               f"{'; below target: --profile shows where the Faust stage spends its time' if ratio < 1 else ''}",
               flush=True)
-        for line in compare(kafka, topics, counts["topic"], reference):
+        for line in compare(kafka, topics, counts["topic"], counts.get("outputs", 0), reference):
             print(line, flush=True)
     finally:
         kafka.delete(run_id, [f"{prefix}-streams", f"{prefix}-quix", f"{prefix}-faust-noop"])
