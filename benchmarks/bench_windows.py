@@ -582,8 +582,8 @@ def package_of(file: str) -> str:
     return "stdlib " + stdlib.group(1).split("/", 1)[0].removesuffix(".py") if stdlib else file
 
 
-KEY_FRAMES = ("validate_telemetry", "windows", "process_record", "process", "from_bytes", "to_bytes", "send",
-              "send_soon", "send_changelog", "publish_message", "_send_pending", "flush", "commit", "_fetcher",
+KEY_FRAMES = ("analyse", "handle_batch", "handle", "dirty_buckets", "process_record", "process", "from_bytes",
+              "to_bytes", "send", "send_soon", "send_changelog", "publish_message", "_send_pending", "flush", "commit", "_fetcher",
               "_drain_messages", "_sender_routine", "_send_produce_req", "add_message", "zstd_encode", "debug",
               "_log", "on_message", "_c_aiter", "__setitem__", "_execute_actor")
 
