@@ -133,8 +133,8 @@ class AnalyticsWorker:
             letter = dead_letter(outcome, stage="validate", topic=message.topic, partition=message.partition,
                                  offset=message.offset, key=message.key, value=message.value)
             await self._send("dead", message.key, letter.to_bytes())
-            log.warning("record dead-lettered", reason=outcome.reason, topic=message.topic,
-                        partition=message.partition, offset=message.offset)
+            log.warning("record dead-lettered", reason=outcome.reason, detail=outcome.detail[:200],
+                        topic=message.topic, partition=message.partition, offset=message.offset)
         self.counts["late"] += verdict.late
         self.counts["not_newer"] += verdict.not_newer
         for point in verdict.points:

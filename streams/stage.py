@@ -6,7 +6,8 @@ plain dicts, so both give the same numbers.
 A raw partition carries whole sites (the contract keys records by site), so validation state
 (duplicates, the partition's clock, the offset guard) and window state (per device and site)
 both live with the partition; a record keyed otherwise is dead-lettered `wrong_key`, since its
-site's windows would be split between partitions.
+site's windows would be split between partitions. A record the stage itself fails on (a bug)
+is dead-lettered `stage_error` with the exception, so one bad record cannot stop the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from dcpulse.contract import AnalyticsPoint, Telemetry
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
 from dcpulse.streams.validation import (
-    WRONG_KEY,
+    STAGE_ERROR,
     Rejection,
     already_handled,
     mark_handled,
@@ -52,6 +53,15 @@ class PartitionStage:
         that is read once)."""
         if offset is not None and already_handled(self.state, self.partition, offset):
             return Verdict(None)
+        try:
+            verdict = self._judge_and_window(producer_us, key, value)
+        except Exception as exc:  # a bug must neither stop the stage nor lose the record: dead-letter it
+            verdict = Verdict(Rejection(STAGE_ERROR, f"{type(exc).__name__}: {exc}"[:1000]))
+        if offset is not None:
+            mark_handled(self.state, self.partition, offset)
+        return verdict
+
+    def _judge_and_window(self, producer_us: int | None, key: bytes | None, value: bytes | None) -> Verdict:
         outcome = process_record(value, self.partition, producer_us, self.state, self.state,
                                  max_clock_skew_s=self.checks.max_clock_skew_s,
                                  max_message_bytes=self.checks.max_message_bytes, key=key)
@@ -61,6 +71,4 @@ class PartitionStage:
             verdict.points = self.engine.process(self.source, outcome)
             verdict.late = self.engine.late > late
             verdict.not_newer = self.engine.redelivered > not_newer
-        if offset is not None:
-            mark_handled(self.state, self.partition, offset)
         return verdict

@@ -20,6 +20,7 @@ Reasons (stable strings, counted and written into dead letters; docs/schema.md):
 | `wrong_key`      | the Kafka key is not the record's site (the contract keys by site)          |
 | `duplicate`      | seq and ts not newer than the device's last accepted sample                 |
 | `clock_skew`     | event time too far ahead of the partition's clock                           |
+| `stage_error`    | the stage itself failed on the record (a bug): kept here, the stage goes on |
 
 When a record breaks several rules the reason is the first in `REASON_PRIORITY`.
 """
@@ -51,12 +52,13 @@ ABSURD_VALUE = "absurd_value"
 WRONG_KEY = "wrong_key"
 DUPLICATE = "duplicate"
 CLOCK_SKEW = "clock_skew"
+STAGE_ERROR = "stage_error"
 
 # The order in which the checks run, so also the tie-break when a record breaks several rules:
 # the first reason in this tuple that applies is the one reported.
 REASON_PRIORITY: tuple[str, ...] = (
     OVERSIZE, MALFORMED_JSON, NON_FINITE, MISSING_FIELD, UNKNOWN_FIELD, WRONG_TYPE,
-    INVALID_FIELDS, ABSURD_VALUE, WRONG_KEY, DUPLICATE, CLOCK_SKEW,
+    INVALID_FIELDS, ABSURD_VALUE, WRONG_KEY, DUPLICATE, CLOCK_SKEW, STAGE_ERROR,
 )
 REASONS = frozenset(REASON_PRIORITY)
 

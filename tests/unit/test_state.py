@@ -51,3 +51,18 @@ def test_stage_guards_offsets_and_rejects_records_keyed_other_than_by_site() -> 
     assert wrong.reason == "wrong_key" and "site" in wrong.detail  # type: ignore[union-attr]
     assert stage.handle(12, us(0.2), None, event(1, 10).to_bytes()).outcome.reason == "wrong_key"  # type: ignore[union-attr]
     assert state["__partition__/0/offset"] == 12
+
+
+def test_a_record_the_stage_fails_on_is_rejected_and_the_stage_goes_on(monkeypatch) -> None:
+    state: dict = {}
+    stage = PartitionStage("raw:0", 0, state, ValidationSettings(), AnalyticsSettings())
+
+    def broken(src, event):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(stage.engine, "process", broken)
+    verdict = stage.handle(5, us(0), b"hengqin", event(0, 0).to_bytes())
+    assert verdict.outcome.reason == "stage_error" and "ZeroDivisionError" in verdict.outcome.detail  # type: ignore[union-attr]
+    assert stage.handle(5, us(0), b"hengqin", event(0, 0).to_bytes()).outcome is None  # handled once
+    monkeypatch.undo()
+    assert stage.handle(6, us(0.1), b"hengqin", event(1, 10).to_bytes()).outcome.seq == 1  # type: ignore[union-attr]
