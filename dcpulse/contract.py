@@ -70,11 +70,6 @@ class Telemetry(BaseModel):
         """The Kafka key: the site (see the module docstring for why not the device)."""
         return self.site
 
-    @property
-    def device_id(self) -> str:
-        """Unique across sites: what duplicate detection and per-device state are keyed by."""
-        return f"{self.site}/{self.device}"
-
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))
 

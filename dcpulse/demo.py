@@ -56,16 +56,6 @@ def wait_for_samples(
         time.sleep(0.5)
 
 
-def run_one_record(settings: Settings, timeout_s: float = 120.0) -> tuple[Telemetry, dict[str, Any], float]:
-    """Start the pipeline stages, publish one record, read it back. Returns (sent, read, seconds)."""
-    record = demo_record()
-    with running_pipeline(settings) as pipeline:
-        started = time.monotonic()
-        publish(settings, record)
-        rows = wait_for_samples(settings, record.device, timeout_s, check=pipeline.check_alive)
-        return record, rows[0], time.monotonic() - started
-
-
 def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], None] = print,
                    timeout_s: float = 180.0) -> dict[str, Any]:
     """The `small` preset through the whole pipeline: simulate the last `minutes` minutes at max

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dcpulse.contract import MAX_MESSAGE_BYTES
+
 CONFIG_ENV_VAR = "DCPULSE_CONFIG"
 
 
@@ -142,7 +144,7 @@ class ValidationSettings(BaseModel):
         60.0, ge=0, description="A record this far ahead of its partition's clock is dead-lettered clock_skew"
     )
     max_message_bytes: int = Field(
-        65536, ge=1, description="Larger raw messages are dead-lettered oversize before parsing"
+        MAX_MESSAGE_BYTES, ge=1, description="Larger raw messages are dead-lettered oversize before parsing"
     )
 
 

@@ -46,6 +46,7 @@ class SiteAgents:
 
     def __init__(self, site: SiteSpec, layouts: list[HallLayout], start_ms: int, rng: np.random.Generator) -> None:
         self.site = site
+        self.key = site.name.encode()  # the Kafka key of every message: the site
         self.layouts = layouts
         self.start_ms = start_ms
         self.rng = rng
@@ -55,19 +56,18 @@ class SiteAgents:
         self.pdu_energy = [np.zeros(len(lay.rack_ids)) for lay in layouts]
         self.reset_offset: dict[str, float] = {}
         self.frozen: dict[str, dict[str, float]] = {}
-        self.envelopes: dict[str, tuple[bytes, bytes, int]] = {}
+        self.envelopes: dict[str, tuple[bytes, int]] = {}
         self.iso = IsoClock()
         self.malformed_sent = 0
 
     def _envelope(self, device: str, kind: DeviceKind, hall: str | None, row: str | None,
-                  rack: str | None) -> tuple[bytes, bytes, int]:
-        """Per device, once: its key, the constant head of its JSON message, its sampling phase."""
+                  rack: str | None) -> tuple[bytes, int]:
+        """Per device, once: the constant head of its JSON message, its sampling phase."""
         envelope = self.envelopes.get(device)
         if envelope is None:
             head = orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": self.site.name, "hall": hall, "row": row,
                                  "rack": rack, "device": device, "kind": kind.value})[:-1] + b","
-            envelope = (self.site.name.encode(), head,
-                        int(self.rng.uniform(0, PHASE_SPREAD_S) * 1000))
+            envelope = (head, int(self.rng.uniform(0, PHASE_SPREAD_S) * 1000))
             self.envelopes[device] = envelope
         return envelope
 
@@ -83,14 +83,14 @@ class SiteAgents:
         if self.reset_offset and device in self.reset_offset:
             metrics = {k: (round(v - self.reset_offset[device], 3) if k.endswith("energy_kwh") else v)
                        for k, v in metrics.items()}
-        key, head, phase = self._envelope(device, kind, hall, row, rack)
+        head, phase = self._envelope(device, kind, hall, row, rack)
         seq = self.seq.get(device, 0)
         self.seq[device] = seq + 1
         ts = t_ms + phase + int(self.rng.normal(0, JITTER_S) * 1000)
         if faults.skew_s and device in faults.skew_s:
             ts += int(faults.skew_s[device] * 1000)
         # Same bytes as orjson.dumps of the whole message, without re-encoding the constant head.
-        return key, b"".join((head, b'"seq":%d,"ts":"%s","metrics":' % (seq, self.iso(ts).encode()),
+        return self.key, b"".join((head, b'"seq":%d,"ts":"%s","metrics":' % (seq, self.iso(ts).encode()),
                               orjson.dumps(metrics), b"}"))
 
     def _register(self, device: str, power_w: float, dt_s: float) -> float:
@@ -236,7 +236,6 @@ class SiteAgents:
 
     def _malformed(self, count: int, t_ms: int) -> Iterator[Message]:
         """Bad input for the downstream validation: one of each kind in turn."""
-        key = self.site.name.encode()
         good = {"schema": TELEMETRY_SCHEMA, "site": self.site.name, "device": "facility-meter",
                 "kind": "facility_meter", "seq": 0, "ts": self.iso(t_ms), "metrics": {"power_kw": 1.0}}
         variants = [
@@ -249,5 +248,5 @@ class SiteAgents:
             lambda: orjson.dumps({**good, "metrics": {"power_kw": -1.0e9}}),
         ]
         for _ in range(count):
-            yield key, variants[self.malformed_sent % len(variants)]()
+            yield self.key, variants[self.malformed_sent % len(variants)]()
             self.malformed_sent += 1

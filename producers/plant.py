@@ -7,7 +7,7 @@ facility meter leaves as heat rejected outdoors, or as the heat-rejection fans' 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,7 +42,7 @@ class HallLayout:
     ups_rated_w: float
 
 
-def hall_layout(site: str, hall: HallSpec) -> HallLayout:
+def hall_layout(hall: HallSpec) -> HallLayout:
     """Device ids: rack `h1-r02-k05`, server `h1-r02-k05-s03`, CDU `cdu-h1-01`, CRAH `crah-h1-01`."""
     rack_ids, rack_row = [], []
     for r in range(hall.rows):
@@ -160,7 +160,6 @@ class SiteReadings:
     rejection_leaving_c: float
     economiser_share: float
     make_up_l_s: float
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def cooling_w(self) -> float:

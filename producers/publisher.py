@@ -50,7 +50,7 @@ class TelemetryPublisher:
         timestamp_ms: the record's Kafka timestamp (event time); default: now."""
         future = self._producer.send(self.topic, key=key, value=value, partition=self._partition(key),
                                      timestamp_ms=timestamp_ms)
-        future.add_errback(self._failed, key.decode(errors="replace"))
+        future.add_errback(self._failed, key)
         self.published += 1
 
     def _partition(self, key: bytes) -> int:
@@ -69,11 +69,11 @@ class TelemetryPublisher:
         """Acknowledged records: valid once flush() or close() has returned."""
         return self.published - sum(self.failures.values())
 
-    def _failed(self, key: str, error: BaseException) -> None:
+    def _failed(self, key: bytes, error: BaseException) -> None:
         # kafka-python calls errbacks as f(*extra_args, exception).
         with self._lock:
             self.failures[type(error).__name__] += 1
-        log.error("delivery failed", topic=self.topic, key=key, error=repr(error))
+        log.error("delivery failed", topic=self.topic, key=key.decode(errors="replace"), error=repr(error))
 
     def flush(self, timeout_s: float = 30.0) -> None:
         self._producer.flush(timeout=timeout_s)

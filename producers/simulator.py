@@ -35,7 +35,7 @@ class SiteSimulator:
     def __init__(self, site: SiteSpec, scenario: Scenario, index: int) -> None:
         self.site = site
         self.faults = [f for f in scenario.faults if f.site == site.name]
-        self.layouts = [hall_layout(site.name, h) for h in site.halls]
+        self.layouts = [hall_layout(h) for h in site.halls]
         validate_targets(self.faults, site.name, self.layouts)
         self.rng = np.random.Generator(np.random.PCG64([scenario.seed, index]))
         self.workloads = [RackWorkload(site.workload, h.racks, self.rng) for h in site.halls]

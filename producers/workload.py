@@ -81,9 +81,6 @@ class RackWorkload:
             util[job.racks] = 0.05 if in_checkpoint else training
         return util
 
-    def active_jobs(self) -> int:
-        return len(self.jobs)
-
 
 def _first_run(free: NDArray[np.int64], size: int) -> list[int] | None:
     """First run of `size` consecutive free rack indices (a job wants adjacent racks)."""

@@ -30,7 +30,7 @@ def all_air_chiller_site() -> SiteSpec:
 
 def run(site: SiteSpec, util: float = 0.8, steps: int = 60, faults=None, chiller_tripped: bool = False,
         hour: float = 3.0) -> SiteReadings:
-    layouts = [hall_layout(site.name, h) for h in site.halls]
+    layouts = [hall_layout(h) for h in site.halls]
     state = initial_state(layouts, site)
     utils = [np.full((h.servers, h.server.accelerators), util) for h in site.halls]
     cpus = [np.full(h.servers, 0.5) for h in site.halls]
@@ -96,7 +96,7 @@ def test_pump_failure_signature_flow_down_temperatures_up_throttling() -> None:
     assert failed.cdu_flow_l_min[0] == pytest.approx(0.35 * healthy.cdu_flow_l_min[0])
     assert failed.cdu_pumps_running[0] == healthy.cdu_pumps_running[0] - 1
     assert failed.cdu_return_c[0] > healthy.cdu_return_c[0] + 10
-    lay = hall_layout(site.name, site.halls[0])
+    lay = hall_layout(site.halls[0])
     on_cdu0 = lay.rack_cdu[lay.server_rack] == 0
     assert failed.acc_temp_c[on_cdu0].mean() > healthy.acc_temp_c[on_cdu0].mean() + 10
     assert (healthy.acc_throttle == 0).all()
@@ -137,6 +137,6 @@ def test_hot_spot_lifts_one_rack() -> None:
         return faults
     site = all_air_chiller_site()
     rd = run(site, faults=hot, steps=3).halls[0]
-    lay = hall_layout(site.name, site.halls[0])
+    lay = hall_layout(site.halls[0])
     in_rack = lay.server_rack == 3
     assert rd.inlet_c[in_rack].mean() == pytest.approx(rd.inlet_c[~in_rack].mean() + 10.0)
