@@ -38,7 +38,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from dcpulse.contract import Telemetry
+from dcpulse.contract import Telemetry, utc_now
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario, current_minute
@@ -47,7 +47,7 @@ from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.influx import InfluxWriter
 from dcpulse.sinks.points import telemetry_point
-from dcpulse.sinks.query import flux_string
+from dcpulse.sinks.query import sample_count_query
 from dcpulse.sinks.runner import KafkaToInflux, raw_telemetry_point
 
 Record = tuple[bytes, bytes, int]  # Kafka key, value, timestamp (ms)
@@ -158,9 +158,7 @@ def run_sink(settings: Settings, token: str, topic: str, bucket: str, count: int
 
 def stored_points(client: InfluxDBClient, bucket: str) -> int:
     """Distinct (series, time) points in a bucket: every point has exactly one `seq` field."""
-    query = (f"from(bucket: {flux_string(bucket)}) |> range(start: -2h)"
-             ' |> filter(fn: (r) => r._field == "seq") |> group() |> count()')
-    tables = client.query_api().query(query)
+    tables = client.query_api().query(sample_count_query(bucket, utc_now() - timedelta(hours=2)))
     return sum(int(row.get_value()) for table in tables for row in table.records)
 
 

@@ -85,8 +85,6 @@ from typing import Any
 
 START = datetime(2026, 7, 1, tzinfo=UTC)  # the scenario model's default start: fixed, reproducible
 SEED = 7
-WINDOW_S = 60  # dcpulse's AnalyticsSettings.window_s
-GRACE_S = 30  # dcpulse's AnalyticsSettings.allowed_lateness_s
 COMMIT_INTERVAL_S = 2.8  # faust's default broker_commit_interval; Quix is set to the same
 POLL_S = 0.2
 PY_SPY_HZ = 100
@@ -98,8 +96,12 @@ REPO = str(Path(__file__).resolve().parents[1]) + "/"
 def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_dir: str) -> None:
     from quixstreams import Application
 
+    from dcpulse.settings import AnalyticsSettings
     from dcpulse.streams.energy import percentile, pue, sum_meters, window_energy
     from dcpulse.streams.windows import IT_METERS
+
+    analytics = AnalyticsSettings()  # the same windows as the dcpulse stage
+    window_s, grace_s = analytics.window_s, analytics.allowed_lateness_s
 
     meters = {"facility_meter": "energy_kwh", **dict(IT_METERS.values())}
     progress = {"first": None, "last": None, "count": 0, "outputs": 0}
@@ -124,12 +126,12 @@ def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_d
         return [kind, value["device"], value["rack"], value["_t"], m.get(register) if register else None, util]
 
     def pue_points(site: str, start: float, tail: dict, pending: dict, following: dict) -> list[dict]:
-        """PUE of the window [start, start + WINDOW_S): each meter's samples in it, plus the last one
+        """PUE of the window [start, start + window_s): each meter's samples in it, plus the last one
         before it and the first one after it, interpolated at both boundaries."""
         energies: dict[str, list] = defaultdict(list)
         for key in sorted(set(tail) | set(pending) | set(following)):
             samples = ([tail[key]] if key in tail else []) + pending.get(key, []) + following.get(key, [])[:1]
-            energies[key.split("/", 1)[0]].append(window_energy([tuple(s) for s in samples], start, start + WINDOW_S))
+            energies[key.split("/", 1)[0]].append(window_energy([tuple(s) for s in samples], start, start + window_s))
         facility = sum_meters(energies["facility_meter"], len(energies["facility_meter"]))
         points = []
         for category, (kind, _register) in IT_METERS.items():
@@ -157,7 +159,7 @@ def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_d
         pending = state.get("pending")  # the previous window, waiting for its first sample after the end
         tail = state.get("tail", {})  # each meter's last sample before the pending window
         if pending is not None:
-            if pending["start"] == start - WINDOW_S:
+            if pending["start"] == start - window_s:
                 points.extend(pue_points(site, pending["start"], tail, pending["registers"], registers))
             tail = {**tail, **{k: v[-1] for k, v in pending["registers"].items()}}
         state.set("tail", tail)
@@ -172,26 +174,24 @@ def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_d
     results = app.topic(out_topic, value_serializer="json")
     sdf = app.dataframe(raw)
     sdf = sdf.apply(slim)
-    sdf = sdf.tumbling_window(duration_ms=WINDOW_S * 1000, grace_ms=GRACE_S * 1000).collect().final()
+    sdf = sdf.tumbling_window(duration_ms=window_s * 1000, grace_ms=int(grace_s * 1000)).collect().final()
     sdf = sdf.apply(close_window, stateful=True, expand=True, metadata=True)
     sdf.to_topic(results)
     app.run()  # until SIGTERM from the monitor
     print(json.dumps(progress), flush=True)
 
 
-def faust_noop_worker(bootstrap: str, source: str, group: str) -> None:
+def faust_noop_worker(source: str, group: str) -> None:
     """faust-streaming's own ceiling: the stage's agent shape (take_events, same batch settings,
     same consumer and producer settings) doing nothing with the records."""
-    import logging
-
     import faust
 
-    from dcpulse.settings import AnalyticsSettings
+    from dcpulse.settings import Settings
+    from dcpulse.streams.app import faust_app, run_faust_worker
 
-    batch = AnalyticsSettings()
-    app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://", web_enabled=False,
-                    datadir=tempfile.mkdtemp(prefix="bench-faust-noop-"), consumer_auto_offset_reset="earliest",
-                    topic_replication_factor=1, producer_acks=-1, producer_linger=0.02)
+    settings = Settings()
+    batch = settings.analytics
+    app = faust_app(group, settings)
     raw = app.topic(source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     @app.agent(raw, concurrency=1)
@@ -199,10 +199,7 @@ def faust_noop_worker(bootstrap: str, source: str, group: str) -> None:
         async for _events in stream.take_events(batch.batch_max_records, within=batch.batch_max_s):
             pass
 
-    worker = faust.Worker(app, loglevel="warning", quiet=True)
-    for name in ("aiokafka", "faust", "mode", "kafka"):  # as dcpulse.streams.app.run_worker does
-        logging.getLogger(name).setLevel(logging.WARNING)
-    worker.execute_from_commandline()
+    run_faust_worker(app)
 
 
 # ---- the monitor ---------------------------------------------------------------------------------
@@ -483,7 +480,7 @@ def run_faust(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, tim
 def run_faust_noop(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
                    broker_pid: int | None) -> StageRun:
     group = f"{prefix}-faust-noop"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--faust-noop-worker", kafka.bootstrap, topics.telemetry,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--faust-noop-worker", topics.telemetry,
            group]
     return run_committing(kafka, group, topics.telemetry, n, cmd, workdir / "faust-noop.log", timeout_s,
                           broker_pid)
@@ -745,7 +742,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--quix-worker":
         quix_worker(*sys.argv[2:])
-    elif len(sys.argv) == 5 and sys.argv[1] == "--faust-noop-worker":
+    elif len(sys.argv) == 4 and sys.argv[1] == "--faust-noop-worker":
         faust_noop_worker(*sys.argv[2:])
     else:
         main()

@@ -102,6 +102,11 @@ class DeadLetter(BaseModel):
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))
 
 
+def point_key(measurement: str, tags: dict[str, str], time: datetime) -> str:
+    """A result's identity (measurement, tags, window start), as InfluxDB keys the point."""
+    return f"{measurement},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@{time.isoformat()}"
+
+
 class AnalyticsPoint(BaseModel):
     """A derived result (PUE, pPUE, efficiency, utilisation) on its way to InfluxDB.
 
@@ -119,8 +124,7 @@ class AnalyticsPoint(BaseModel):
 
     @property
     def key(self) -> str:
-        tags = ",".join(f"{k}={v}" for k, v in sorted(self.tags.items()))
-        return f"{self.measurement},{tags}@{self.time.isoformat()}"
+        return point_key(self.measurement, self.tags, self.time)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))

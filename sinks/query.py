@@ -28,6 +28,12 @@ def device_samples_query(bucket: str, device: str, start: datetime) -> str:
     )
 
 
+def sample_count_query(bucket: str, start: datetime) -> str:
+    """Distinct (series, time) telemetry samples since `start`: every sample has one `seq` field."""
+    return (f"from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(start)})"
+            ' |> filter(fn: (r) => r._field == "seq") |> group() |> count()')
+
+
 def measurement_query(bucket: str, measurement: str, site: str, start: datetime) -> str:
     return (
         f"from(bucket: {flux_string(bucket)})\n"
@@ -38,7 +44,8 @@ def measurement_query(bucket: str, measurement: str, site: str, start: datetime)
 
 
 def read_rows(url: str, token: str, org: str, query: str) -> list[dict[str, Any]]:
-    """Run a Flux query; one dict per row (tags and pivoted fields), sorted by time."""
+    """Run a Flux query; one dict per row (tags and pivoted fields), sorted by time (rows of an
+    aggregate without `_time` keep their order)."""
     with InfluxDBClient(url=url, token=token, org=org, timeout=30_000) as client:
         tables = client.query_api().query(query, org=org)
     rows = []
@@ -46,7 +53,7 @@ def read_rows(url: str, token: str, org: str, query: str) -> list[dict[str, Any]
         for record in table.records:
             rows.append({k: v for k, v in record.values.items()
                          if k not in ("result", "table", "_start", "_stop")})
-    return sorted(rows, key=lambda row: row["_time"])
+    return sorted(rows, key=lambda row: row["_time"]) if rows and "_time" in rows[0] else rows
 
 
 def read_device_samples(

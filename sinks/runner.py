@@ -57,13 +57,13 @@ class SinkStats:
 def raw_telemetry_point(settings: Settings) -> ToPoint:
     """Valid telemetry -> raw-bucket point; a sample older than the raw retention is refused
     up front (InfluxDB would drop it with HTTP 422)."""
-    retention = timedelta(hours=settings.influx.buckets.raw_retention_hours)
+    horizon = timedelta(hours=settings.influx.buckets.raw_retention_hours) - RETENTION_MARGIN
 
     def convert(record: ConsumerRecord) -> Point | Rejection:
         outcome = validate(record.value)
         if not isinstance(outcome, Telemetry):
             return outcome
-        if outcome.ts < utc_now() - retention + RETENTION_MARGIN:
+        if outcome.ts < utc_now() - horizon:
             return Rejection("outside_retention", f"ts {outcome.ts.isoformat()} is older than the raw bucket's retention")
         return telemetry_point(outcome)
 

@@ -161,10 +161,10 @@ class AnalyticsWorker:
         self.in_flight = pending
 
 
-def create_app(settings: Settings) -> faust.App:
-    seek_before_resuming_streams()  # or records arriving during a rebalance can be lost
-    app = faust.App(
-        app_id(settings),
+def faust_app(app_id: str, settings: Settings) -> faust.App:
+    """A Faust app with the client settings every dcpulse worker uses (and the benchmarks' too)."""
+    return faust.App(
+        app_id,
         broker=f"kafka://{settings.kafka.bootstrap}",
         store="memory://",
         datadir=str(settings.services.state_dir / "faust"),
@@ -175,6 +175,11 @@ def create_app(settings: Settings) -> faust.App:
         producer_compression_type="zstd",
         producer_linger=0.02,  # outputs and changelog writes go out in shared batches
     )
+
+
+def create_app(settings: Settings) -> faust.App:
+    seek_before_resuming_streams()  # or records arriving during a rebalance can be lost
+    app = faust_app(app_id(settings), settings)
     raw_topic = app.topic(settings.topics.telemetry, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw")
     # Co-partitioned with the raw topic: entries are only written for the partition whose records
@@ -214,7 +219,10 @@ def create_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run the Faust worker in the foreground until SIGINT/SIGTERM."""
-    app = create_app(settings)
+    run_faust_worker(create_app(settings), loglevel)
+
+
+def run_faust_worker(app: faust.App, loglevel: str = "warning") -> None:
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # faust.Worker turns the root logger to DEBUG for its spinner; the libraries' debug calls on
     # every request then build records nobody prints (10 % of the worker's CPU, measured).

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from influxdb_client import InfluxDBClient
 from kafka import KafkaConsumer, TopicPartition
 
+from dcpulse.contract import point_key
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import iter_recording, record
 from dcpulse.producers.run import run_scenario
@@ -23,7 +23,7 @@ from dcpulse.streams.offline import reference_results
 from dcpulse.sandbox import sandbox
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
-from dcpulse.sinks.query import flux_string, flux_time
+from dcpulse.sinks.query import flux_string, flux_time, read_rows, sample_count_query
 
 TAGS = ("site", "category", "window", "hall", "level", "entity")
 
@@ -46,9 +46,7 @@ def tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
 
 
 def _query(settings: Settings, query: str) -> list[dict]:
-    token = settings.influx.read_token.get_secret_value()
-    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=30_000) as client:
-        return [dict(row.values) for table in client.query_api().query(query) for row in table.records]
+    return read_rows(settings.influx.url, settings.influx.read_token.get_secret_value(), settings.influx.org, query)
 
 
 def read_results(settings: Settings, start: datetime) -> dict[str, dict]:
@@ -59,18 +57,14 @@ def read_results(settings: Settings, start: datetime) -> dict[str, dict]:
     out = {}
     for values in _query(settings, query):
         tags = {k: values.pop(k) for k in list(values) if k in TAGS}
-        key = (f"{values.pop('_measurement')},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@"
-               f"{values.pop('_time').isoformat()}")
-        out[key] = {k: v for k, v in values.items()
-                    if not k.startswith("_") and k not in ("result", "table") and v is not None}
+        key = point_key(values.pop("_measurement"), tags, values.pop("_time"))
+        out[key] = {k: v for k, v in values.items() if not k.startswith("_") and v is not None}
     return out
 
 
 def count_raw_points(settings: Settings, start: datetime) -> int:
     """Distinct (device, time) samples in the raw bucket since `start`."""
-    query = (f"from(bucket: {flux_string(settings.influx.buckets.raw)}) |> range(start: {flux_time(start)})"
-             ' |> filter(fn: (r) => r._field == "seq") |> group() |> count()')
-    rows = _query(settings, query)
+    rows = _query(settings, sample_count_query(settings.influx.buckets.raw, start))
     return int(rows[0]["_value"]) if rows else 0
 
 
