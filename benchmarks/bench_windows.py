@@ -221,7 +221,9 @@ class StageRun:
 
     @property
     def steady(self) -> float:
-        return (self.records - self.first_committed) / (self.total_s - self.startup_s)
+        """nan when the first commit already covered every record (a run too short to tell)."""
+        span = self.total_s - self.startup_s
+        return (self.records - self.first_committed) / span if span > 0 else math.nan
 
     @property
     def span_rate(self) -> float | None:
