@@ -1,22 +1,39 @@
-"""Event contract v1: what travels on the telemetry topics.
+"""Event contract v2: what travels on the telemetry topics.
 
-One message is one device's sample at one event time: several metrics of that device are
-batched in `metrics` (name -> finite float). The Kafka key is the site: all of a site's samples
-share one partition, so each device's samples keep their order and the window stage can derive
-its event-time watermark from a single, fixed-order source (replays give identical windows).
+One message is one **agent's samples of one tick** (`TelemetryBatch`): a rack agent publishes
+its PDU and its servers (each server carrying its accelerators) together, a hall agent the
+hall's UPS, CDUs, leak sensors and CRAHs, the facility agent the site's plant. Each sample keeps
+the v1 fields (device, kind, seq, ts, metrics, location). The Kafka key is the agent
+(`<site>/<agent>`, `agent_key`): one agent's samples stay in order on one partition, and one
+site's agents spread over every partition.
+
+Event time moves only on **watermark records** (`Watermark`) that a site's producer sends to
+every partition of the raw topic after each tick: "no sample of this site with ts < `ts` will
+follow". A partition that carries none of a site's agents still hears the site's watermarks,
+so windows close on every partition, deterministically, at any replay speed
+(docs/architecture.md, "Event time").
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, StringConstraints
 
-TELEMETRY_SCHEMA = "dcpulse.telemetry/1"
-MAX_MESSAGE_BYTES = 64 * 1024
+TELEMETRY_SCHEMA = "dcpulse.telemetry/2"
+WATERMARK_SCHEMA = "dcpulse.watermark/1"
+DEADLETTER_SCHEMA = "dcpulse.deadletter/2"
+ANALYTICS_SCHEMA = "dcpulse.analytics/1"
+PARTIAL_SCHEMA = "dcpulse.partial/1"
+TELEMETRY_V1_SCHEMA = "dcpulse.telemetry/1"  # recordings only: converted on replay
+MAX_MESSAGE_BYTES = 512 * 1024  # one agent's tick: a 64-server rack is about 100 KiB
+MAX_SAMPLES = 4096
+# A dead letter keeps at most this much of the original value (plus its size and sha256), so a
+# dead letter always fits the worker's producer limit whatever the broker accepted.
+DEADLETTER_ORIGINAL_BYTES = 256 * 1024
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -49,57 +66,102 @@ class DeviceKind(StrEnum):
     WEATHER = "weather"
 
 
-class Telemetry(BaseModel):
-    """A device's sample. `seq` increases by one per sample of a device (duplicate detection)."""
+class Contract(BaseModel):
+    """Base of every message model: frozen, JSON out by alias (`schema`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    schema_id: Literal["dcpulse.telemetry/1"] = Field(TELEMETRY_SCHEMA, alias="schema")
-    site: Name
-    hall: Name | None = None
-    row: Name | None = None
-    rack: Name | None = None
-    device: Name
-    kind: DeviceKind
-    seq: int = Field(ge=0)
-    ts: UtcDatetime = Field(description="Event time (UTC) from the agent's clock")
-    metrics: dict[Name, FiniteFloat] = Field(min_length=1)
-
-    @property
-    def key(self) -> str:
-        """The Kafka key: the site (see the module docstring for why not the device)."""
-        return self.site
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))
 
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Telemetry:
-        return cls.model_validate_json(raw)
+
+class Sample(Contract):
+    """One device's sample. `seq` increases by one per sample of a device (duplicate detection)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Name
+    kind: DeviceKind
+    hall: Name | None = None
+    row: Name | None = None
+    rack: Name | None = None
+    seq: int = Field(ge=0)
+    ts: UtcDatetime = Field(description="Event time (UTC) from the agent's clock")
+    metrics: dict[Name, FiniteFloat] = Field(min_length=1)
+
+
+class TelemetryBatch(Contract):
+    """One agent's samples of one tick. Key: `agent_key(site, agent)`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_id: Literal["dcpulse.telemetry/2"] = Field(TELEMETRY_SCHEMA, alias="schema")
+    site: Name
+    agent: Name = Field(description="The publishing agent, e.g. rack-a-r01-k01, hall-a, facility")
+    samples: list[Sample] = Field(min_length=1, max_length=MAX_SAMPLES)
+
+    @property
+    def key(self) -> str:
+        return agent_key(self.site, self.agent)
+
+
+class BatchEnvelope(BaseModel):
+    """A batch's own fields, samples left unparsed: a bad sample must not sink its siblings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_id: Literal["dcpulse.telemetry/2"] = Field(TELEMETRY_SCHEMA, alias="schema")
+    site: Name
+    agent: Name
+    samples: list[Any] = Field(min_length=1, max_length=MAX_SAMPLES)
+
+
+class Watermark(Contract):
+    """Punctuation from a site's producer, sent to every raw partition: no sample of `site` with
+    an event time before `ts` will follow (later ones are late)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    schema_id: Literal["dcpulse.watermark/1"] = Field(WATERMARK_SCHEMA, alias="schema")
+    site: Name
+    producer: Name = Field(description="Who sent it (e.g. simulate, replay), for tracing")
+    ts: UtcDatetime
+
+
+def agent_key(site: str, agent: str) -> str:
+    """The Kafka key of an agent's batches."""
+    return f"{site}/{agent}"
+
+
+def watermark_key(site: str) -> str:
+    """The Kafka key of a site's watermark records (their partition is chosen explicitly)."""
+    return f"{site}/~watermark"
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class DeadLetter(BaseModel):
-    """A record the pipeline could not use, with why, where it came from and its exact bytes."""
+class DeadLetter(Contract):
+    """A record (or one sample of it) the pipeline could not use: why, where it came from, and
+    the original bytes, bounded to `DEADLETTER_ORIGINAL_BYTES` with the full size and digest."""
 
-    model_config = ConfigDict(frozen=True)
-
-    schema_id: Literal["dcpulse.deadletter/1"] = Field("dcpulse.deadletter/1", alias="schema")
+    schema_id: Literal["dcpulse.deadletter/2"] = Field(DEADLETTER_SCHEMA, alias="schema")
     reason: str = Field(description="Machine-readable reason, e.g. malformed_json, invalid_fields")
     detail: str
     stage: str = Field(description="Pipeline stage that rejected it, e.g. validate, sink")
     source_topic: str
     source_partition: int
     source_offset: int
+    sample_index: int | None = Field(None, description="Index of the rejected sample in its batch; "
+                                                       "null: the whole record")
     original_key_b64: str | None
-    original_value_b64: str
+    original_value_b64: str = Field(description="The original value (the sample's JSON for one sample), "
+                                                "at most DEADLETTER_ORIGINAL_BYTES of it")
+    original_size: int = Field(description="Length of the whole original value in bytes")
+    original_sha256: str
+    original_truncated: bool
     rejected_at: UtcDatetime
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", by_alias=True))
 
 
 def point_key(measurement: str, tags: dict[str, str], time: datetime) -> str:
@@ -107,16 +169,14 @@ def point_key(measurement: str, tags: dict[str, str], time: datetime) -> str:
     return f"{measurement},{','.join(f'{k}={v}' for k, v in sorted(tags.items()))}@{time.isoformat()}"
 
 
-class AnalyticsPoint(BaseModel):
+class AnalyticsPoint(Contract):
     """A derived result (PUE, pPUE, efficiency, utilisation) on its way to InfluxDB.
 
     Keyed by (measurement, tags, time = window start): recomputing a window yields the same
     point, so at-least-once delivery overwrites instead of duplicating (docs/influx-schema.md).
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    schema_id: Literal["dcpulse.analytics/1"] = Field("dcpulse.analytics/1", alias="schema")
+    schema_id: Literal["dcpulse.analytics/1"] = Field(ANALYTICS_SCHEMA, alias="schema")
     measurement: Name
     tags: dict[Name, str]
     fields: dict[Name, float | str]
@@ -125,6 +185,3 @@ class AnalyticsPoint(BaseModel):
     @property
     def key(self) -> str:
         return point_key(self.measurement, self.tags, self.time)
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json", by_alias=True))

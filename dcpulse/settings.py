@@ -80,7 +80,8 @@ class InfluxSettings(BaseModel):
 
 class TopicSettings(BaseModel):
     prefix: str = Field("dcpulse", description="Common prefix of every topic name")
-    telemetry_partitions: int = Field(6, ge=1)
+    telemetry_partitions: int = Field(12, ge=1, description="Raw and valid telemetry: the most "
+                                      "stream workers that can share one site's load")
     derived_partitions: int = Field(3, ge=1)
     telemetry_retention_hours: int = Field(24, ge=1)
     derived_retention_hours: int = Field(168, ge=1)
@@ -90,15 +91,25 @@ class TopicSettings(BaseModel):
 
     @property
     def telemetry(self) -> str:
-        return self.name("telemetry")
+        return self.name("telemetry", 2)
 
     @property
     def telemetry_valid(self) -> str:
-        return self.name("telemetry-valid")
+        return self.name("telemetry-valid", 2)
 
     @property
     def deadletter(self) -> str:
-        return self.name("deadletter")
+        return self.name("deadletter", 2)
+
+    @property
+    def partials(self) -> str:
+        """Per raw partition and closed window, a site's partial sums, keyed by site."""
+        return self.name("site-partials")
+
+    def group(self, role: str) -> str:
+        """A consumer group of this pipeline: isolated pipelines (a sandbox, a second tenant)
+        never join each other's groups."""
+        return f"{self.prefix}-{role}"
 
     @property
     def pue(self) -> str:
@@ -117,7 +128,6 @@ class AnalyticsSettings(BaseModel):
     coverage_usable: float = Field(0.9, gt=0, le=1)
     meter_forget_s: float = Field(3600.0, gt=0, description="A meter silent this long is no longer expected")
     max_gap_windows: int = Field(1440, ge=1, description="Skip, not emit, empty windows beyond this jump")
-    idle_source_s: float = Field(300.0, gt=0, description="A source this far behind the newest stops holding windows")
     batch_max_records: int = Field(2000, ge=1, description="Records the worker handles per batch at most")
     batch_max_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch (adds at most this to latency)")
     state_buckets: int = Field(256, ge=1, description="Changelog entries per raw partition's state; "
