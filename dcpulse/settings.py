@@ -122,7 +122,9 @@ class TopicSettings(BaseModel):
 
 class AnalyticsSettings(BaseModel):
     window_s: int = Field(60, ge=10, description="Tumbling window, aligned to UTC")
-    allowed_lateness_s: float = Field(30.0, ge=0, description="Must exceed the agents' sample interval")
+    allowed_lateness_s: float = Field(30.0, ge=0, description="A window closes once the site's watermark is this far "
+                                      "past its end: more than the agents' sample interval, since a register's "
+                                      "energy needs its first sample after the end")
     rollups_s: tuple[int, ...] = Field((900, 3600), description="Roll-ups from minute energies")
     coverage_complete: float = Field(0.99, gt=0, le=1)
     coverage_usable: float = Field(0.9, gt=0, le=1)
@@ -130,7 +132,7 @@ class AnalyticsSettings(BaseModel):
     max_gap_windows: int = Field(1440, ge=1, description="Skip, not emit, empty windows beyond this jump")
     batch_max_records: int = Field(2000, ge=1, description="Records the worker handles per batch at most")
     batch_max_s: float = Field(0.5, gt=0, description="Longest wait to fill a batch (adds at most this to latency)")
-    state_buckets: int = Field(256, ge=1, description="Changelog entries per raw partition's state; "
+    state_buckets: int = Field(256, ge=1, description="Changelog entries per partition's state; "
                                                       "fixed for the life of a changelog")
 
 
@@ -148,13 +150,17 @@ class ServicesSettings(BaseModel):
 
 
 class ValidationSettings(BaseModel):
-    """The Faust validation stage (docs/architecture.md, section Validation)."""
+    """The stage's validation rules (docs/architecture.md, section Validation)."""
 
     max_clock_skew_s: float = Field(
         60.0, ge=0, description="A record this far ahead of its partition's clock is dead-lettered clock_skew"
     )
     max_message_bytes: int = Field(
         MAX_MESSAGE_BYTES, ge=1, description="Larger raw messages are dead-lettered oversize before parsing"
+    )
+    max_producer_pause_s: float = Field(
+        86_400.0, ge=0, description="At most this much producer time since a site's last watermark "
+                                    "widens the clock-skew bound (a paused producer resuming)"
     )
 
 

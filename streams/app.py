@@ -1,18 +1,16 @@
-"""The Faust application: one agent that validates raw telemetry and computes the windows.
+"""The Faust application: two agents, each over checkpointed per-partition state.
 
-Raw records (keyed by site) come in batches; each raw partition has its own `PartitionStage`
-over a `PartitionState` (streams/stage.py, streams/state.py). For every batch, in this order:
+- `analyse` reads the raw topic (key = agent). Per raw partition a `PartitionStage`
+  (streams/stage.py) validates every sample, forwards valid batches to the valid topic (the
+  original bytes, or a replacement without the rejected samples), dead-letters bad records and
+  samples, folds samples into device windows and, on the site's watermarks, emits final rack
+  results and one partial per site and window to the partials topic (key = site).
+- `combine` reads the partials topic. Per partials partition a `SiteStage` (streams/combine.py)
+  combines a window once every raw partition's partial is in: PUE, pPUE, efficiency, hall and
+  site utilisation, roll-ups.
 
-1. each record is judged and folded into the windows (in memory);
-2. its outputs are handed to the producer: the valid record to the valid topic (for the raw
-   sink), or a dead letter; closed-window results to the PUE and utilisation topics;
-3. the state buckets the batch changed are written to the changelog-backed table, once each;
-4. the batch's events are acked (take_events does it when the loop comes back).
-
-Faust commits an offset only for acked events and flushes the producer before it commits, so a
-committed offset never runs ahead of its outputs and state. A worker killed in between restarts
-from the last committed offset with the state of some later batch: the state's offset guard
-(`already_handled`) skips what that state has already seen, and its outputs were sent before it.
+Both commit in the order of streams/checkpoint.py. Several `dcpulse streams` processes share
+the work through the consumer group `<prefix>-streams`.
 """
 
 from __future__ import annotations
@@ -20,24 +18,21 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import faust
+import orjson
 from faust.tables.recovery import Recovery
 from faust.types import TP, EventT
 
-from dcpulse.contract import Telemetry
+from dcpulse.contract import AnalyticsPoint
+from dcpulse.kafka_clients import consumer
 from dcpulse.log import get_logger
 from dcpulse.settings import Settings
-from dcpulse.streams.stage import PartitionStage
-from dcpulse.streams.state import PartitionState
-from dcpulse.streams.validation import dead_letter, producer_time_us
+from dcpulse.streams.checkpoint import CheckpointedAgent, Send, run_batches
+from dcpulse.streams.combine import SiteStage, decode_site_state
+from dcpulse.streams.stage import Outputs, PartitionStage, decode_state
 
 log = get_logger(__name__)
-SRC_HEADER = "dcpulse-src"  # on valid records: "<raw topic>:<partition>" they came from
-# hengqin's largest bucket is 88 KB with 64 buckets, 58 KB with the default 256 (the one holding
-# its list of about 3,000 device names): a warning long before the broker's 1 MiB limit.
-BUCKET_WARN_BYTES = 512 * 1024
 
 
 def seek_before_resuming_streams() -> None:
@@ -47,9 +42,8 @@ def seek_before_resuming_streams() -> None:
     with the fetcher running, then `Recovery.on_recovery_completed` resumes the stream partitions
     and *then* seeks them to the committed offsets. Records fetched in between are delivered, then
     fetched again after the seek, and faust's read-offset and gap bookkeeping can drop one of them
-    for good: here, a raw record was never processed while its offset was committed. Stopping the
-    consumer flow first means nothing is fetched until the seek is done; the original method
-    resumes the flow right after it. Idempotent.
+    for good. Stopping the consumer flow first means nothing is fetched until the seek is done;
+    the original method resumes the flow right after it. Idempotent.
     """
     if getattr(Recovery.on_recovery_completed, "dcpulse_stops_flow_first", False):
         return
@@ -66,99 +60,25 @@ def seek_before_resuming_streams() -> None:
 def app_id(settings: Settings) -> str:
     """Derived from the topic prefix: an isolated pipeline (tests, a second tenant) gets its own
     consumer group and its own table changelogs."""
-    return f"{settings.topics.prefix}-streams"
+    return settings.topics.group("streams")
 
 
-class AnalyticsWorker:
-    """The agent's work for each batch; one `PartitionStage` per assigned raw partition."""
+def producer_ms(event: EventT) -> int | None:
+    """The record's Kafka timestamp (faust gives float seconds; None or negative if absent)."""
+    ts = event.message.timestamp
+    return None if ts is None or ts < 0 else round(ts * 1000)
 
-    def __init__(self, app: faust.App, settings: Settings, table: Any) -> None:
-        self.app = app
-        self.settings = settings
-        self.table = table
-        self.stages: dict[int, tuple[PartitionStage, PartitionState]] = {}
-        self.counts: Counter[str] = Counter()
-        self.send_failures: Counter[str] = Counter()
-        self.in_flight: list[tuple[str, Any]] = []  # (kind, delivery future) not yet seen done
-        self.src_headers: dict[int, list[tuple[str, bytes]]] = {}
-        t = settings.topics
-        self.topics = {"valid": t.telemetry_valid, "dead": t.deadletter, "pue": t.pue, "utilisation": t.utilisation}
 
-    def stage(self, topic: str, partition: int) -> tuple[PartitionStage, PartitionState]:
-        known = self.stages.get(partition)
-        if known is None:  # first batch since (re)assignment: the table holds the recovered state
-            state = PartitionState(partition, self.settings.analytics.state_buckets)
-            buckets = state.load(self.table.data)
-            log.info("partition state loaded", partition=partition, buckets=buckets, keys=len(state))
-            stage = PartitionStage(f"{topic}:{partition}", partition, state, self.settings.validation,
-                                   self.settings.analytics)
-            known = self.stages[partition] = (stage, state)
-            self.src_headers[partition] = [(SRC_HEADER, stage.source.encode())]
-        return known
-
-    def forget(self, tps: set[TP]) -> None:
-        """Partitions revoked or (re)assigned: their state is reloaded from the table next time."""
-        for tp in tps:
-            if tp.topic == self.settings.topics.telemetry:
-                self.stages.pop(tp.partition, None)
-
-    async def handle_batch(self, events: Sequence[EventT]) -> None:
-        self.check_deliveries()
-        by_partition: dict[int, list[EventT]] = {}
-        for event in events:
-            by_partition.setdefault(event.message.partition, []).append(event)
-        for partition, group in by_partition.items():
-            stage, state = self.stage(group[0].message.topic, partition)
-            for event in group:
-                await self._handle(stage, event)
-            for key, value in state.dirty_buckets():
-                if len(value) > BUCKET_WARN_BYTES:  # Kafka refuses messages over 1 MiB by default
-                    log.error("state bucket near Kafka's message size limit: raise analytics.state_buckets "
-                              "(with a new topic prefix)", key=key, bytes=len(value))
-                self.table.data[key] = value  # what the table would hold after `table[key] = value`
-                self.table.send_changelog(partition, key, value)  # to this raw partition's changelog
-
-    async def _handle(self, stage: PartitionStage, event: EventT) -> None:
-        message = event.message
-        verdict = stage.handle(message.offset, producer_time_us(message.timestamp), message.key, message.value)
-        outcome = verdict.outcome
-        if outcome is None:
-            self.counts["redelivered"] += 1  # its outcome went out when it was first handled
-            return
-        if isinstance(outcome, Telemetry):
-            self.counts["valid"] += 1
-            await self._send("valid", message.key, message.value, self.src_headers[message.partition])
-        else:
-            self.counts[outcome.reason] += 1
-            letter = dead_letter(outcome, stage="validate", topic=message.topic, partition=message.partition,
-                                 offset=message.offset, key=message.key, value=message.value)
-            await self._send("dead", message.key, letter.to_bytes())
-            log.warning("record dead-lettered", reason=outcome.reason, detail=outcome.detail[:200],
-                        topic=message.topic, partition=message.partition, offset=message.offset)
-        self.counts["late"] += verdict.late
-        self.counts["not_newer"] += verdict.not_newer
-        for point in verdict.points:
-            await self._send(point.measurement if point.measurement == "utilisation" else "pue",
-                             message.key, point.to_bytes())
-            self.counts[point.measurement] += 1
-
-    async def _send(self, kind: str, key: bytes | None, value: bytes,
-                    headers: list[tuple[str, bytes]] | None = None) -> None:
-        """Straight to the producer, not through Topic.send's per-message machinery; the commit's
-        producer flush still covers it. Deliveries are checked in bulk
-        (`check_deliveries`), not awaited or called back per message."""
-        self.in_flight.append((kind, await self.app.producer.send(self.topics[kind], key, value, None, None, headers)))
-
-    def check_deliveries(self) -> None:
-        """Count and log failed deliveries among those that completed; keep the others."""
-        pending = []
-        for kind, future in self.in_flight:
-            if not future.done():
-                pending.append((kind, future))
-            elif not future.cancelled() and future.exception() is not None:
-                self.send_failures[kind] += 1
-                log.error("produce failed", topic=self.topics[kind], error=repr(future.exception()))
-        self.in_flight = pending
+def raw_partitions(settings: Settings) -> int:
+    """The raw topic's partition count: how many partials the combiner waits for per window."""
+    client = consumer(settings.kafka.bootstrap, "dcpulse-streams-meta")
+    try:
+        found = client.partitions_for_topic(settings.topics.telemetry)
+    finally:
+        client.close()
+    if not found:
+        raise RuntimeError(f"topic {settings.topics.telemetry} does not exist: run `dcpulse topics create`")
+    return len(found)
 
 
 def faust_app(app_id: str, settings: Settings) -> faust.App:
@@ -174,45 +94,105 @@ def faust_app(app_id: str, settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_compression_type="zstd",
         producer_linger=0.02,  # outputs and changelog writes go out in shared batches
+        producer_max_request_size=2 * 1024 * 1024,
     )
+
+
+def _raw_sends(settings: Settings):
+    t = settings.topics
+
+    def run(stage: PartitionStage, events: Sequence[EventT], counts: Counter[str]) -> list[Send]:
+        out = Outputs(counts=counts)
+        for event in events:
+            m = event.message
+            stage.handle(out, m.offset, producer_ms(event), m.key, m.value)
+        sends: list[Send] = [(t.telemetry_valid, key, value) for key, value in out.valid]
+        sends += [(t.deadletter, key, letter.to_bytes()) for key, letter in out.dead]
+        sends += [(t.utilisation, p.tags["site"].encode(), p.to_bytes()) for p in out.results]
+        sends += [(t.partials, p.site.encode(), orjson.dumps(p.to_json())) for p in out.partials]
+        return sends
+
+    return run
+
+
+def _site_sends(settings: Settings):
+    t = settings.topics
+
+    def run(stage: SiteStage, events: Sequence[EventT], counts: Counter[str]) -> list[Send]:
+        points: list[AnalyticsPoint] = []
+        for event in events:
+            stage.handle(points, counts, event.message.offset, event.message.value)
+        return [(t.utilisation if p.measurement == "utilisation" else t.pue, p.tags["site"].encode(), p.to_bytes())
+                for p in points]
+
+    return run
 
 
 def create_app(settings: Settings) -> faust.App:
     seek_before_resuming_streams()  # or records arriving during a rebalance can be lost
     app = faust_app(app_id(settings), settings)
-    raw_topic = app.topic(settings.topics.telemetry, key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
-    # Co-partitioned with the raw topic: entries are only written for the partition whose records
-    # changed them (streams/state.py). Values are encoded buckets (orjson).
-    table = app.Table("dcpulse-state", default=None, partitions=settings.topics.telemetry_partitions,
-                      key_type=str, value_type=bytes,  # keys as JSON strings, values raw
-                      help="<raw partition>/<bucket> -> validation and window state of that partition")
-    worker = AnalyticsWorker(app, settings, table)
-    batch = settings.analytics
+    t, cfg = settings.topics, settings.analytics
+    partitions = raw_partitions(settings)
+    raw_topic = app.topic(t.telemetry, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    partials_topic = app.topic(t.partials, key_type=bytes, value_type=bytes, key_serializer="raw",
+                               value_serializer="raw")
+    # Co-partitioned with their input topics: a partition's entries are written only while
+    # processing that partition (streams/state.py). Values are encoded buckets.
+    raw_table = app.Table("dcpulse-state", default=None, partitions=partitions, key_type=str, value_type=bytes,
+                          help="<raw partition>/<bucket> -> that partition's stage state")
+    site_table = app.Table("dcpulse-sites", default=None, partitions=t.derived_partitions, key_type=str,
+                           value_type=bytes, help="<partials partition>/<bucket> -> the combiner's site states")
+
+    async def send(topic: str, key: bytes | None, value: bytes):
+        return await app.producer.send(topic, key, value, None, None, None)
+
+    def changelog(table):
+        async def send_changelog(partition: int, key: str, value: bytes):
+            return table.send_changelog(partition, key, value)
+        return send_changelog
+
+    analyse_agent = CheckpointedAgent(
+        "analyse", cfg.state_buckets, decode_state,
+        lambda p, state: PartitionStage(t.telemetry, p, partitions, state, settings.validation, cfg),
+        _raw_sends(settings), send, changelog(raw_table), raw_table.data)
+    combine_agent = CheckpointedAgent(
+        "combine", cfg.state_buckets, decode_site_state, lambda p, state: SiteStage(p, state, cfg),
+        _site_sends(settings), send, changelog(site_table), site_table.data)
+    agents = {t.telemetry: analyse_agent, t.partials: combine_agent}
 
     # concurrency=1: with more, faust can commit past an in-flight message (faust #606).
     @app.agent(raw_topic, concurrency=1)
     async def analyse(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch.batch_max_records, within=batch.batch_max_s):
-            await worker.handle_batch(events)
+        await run_batches(analyse_agent, stream.take_events(cfg.batch_max_records, within=cfg.batch_max_s))
+
+    @app.agent(partials_topic, concurrency=1)
+    async def combine(stream: faust.StreamT) -> None:
+        await run_batches(combine_agent, stream.take_events(cfg.batch_max_records, within=cfg.batch_max_s))
+
+    def forget(tps: set[TP]) -> None:
+        for topic, agent in agents.items():
+            agent.forget({tp.partition for tp in tps if tp.topic == topic})
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: faust.App, revoked: set[TP], **_: object) -> None:
-        worker.forget(revoked)
+        forget(revoked)
 
     @app.on_partitions_assigned.connect
     async def forget_assigned(sender: faust.App, assigned: set[TP], **_: object) -> None:
-        worker.forget(assigned)
+        forget(assigned)
+
+    def report(final: bool) -> None:
+        for agent in agents.values():
+            if agent.counts or final:
+                log.info("stage counts", agent=agent.name, final=final, **dict(agent.counts))
 
     @app.timer(interval=30.0)
     async def report_counts() -> None:
-        worker.check_deliveries()
-        if worker.counts:
-            log.info("stage counts", **dict(worker.counts), send_failures=dict(worker.send_failures))
+        report(False)
 
     @app.on_before_shutdown.connect
     async def report_final_counts(sender: faust.App, **_: object) -> None:
-        log.info("stage counts", final=True, **dict(worker.counts), send_failures=dict(worker.send_failures))
+        report(True)
 
     return app
 

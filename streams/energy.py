@@ -1,7 +1,8 @@
 """Energy and PUE maths (pure): registers, boundary interpolation, resets, roll-ups.
 
 PUE over a window is E_facility / E_IT, both energies over the same interval, taken from
-cumulative registers interpolated linearly at the window boundaries. A roll-up is sum over
+cumulative registers interpolated linearly at the window boundaries. Times are integer
+milliseconds since the epoch. A roll-up is sum over
 sum of the minute energies: never a mean of ratios (domain reference, CIFE WP131).
 """
 
@@ -12,7 +13,8 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Sample = tuple[float, float]  # (epoch seconds, value)
+Sample = tuple[int, float]  # (epoch milliseconds, value)
+MS_PER_HOUR = 3_600_000
 
 
 def unwrap_register(samples: Sequence[Sample]) -> list[Sample]:
@@ -33,7 +35,7 @@ def unwrap_register(samples: Sequence[Sample]) -> list[Sample]:
     return out
 
 
-def value_at(samples: Sequence[Sample], t: float) -> float | None:
+def value_at(samples: Sequence[Sample], t: int) -> float | None:
     """Linear interpolation of a (time-sorted) series at t; None unless t is bracketed."""
     if not samples or t < samples[0][0] or t > samples[-1][0]:
         return None
@@ -44,7 +46,7 @@ def value_at(samples: Sequence[Sample], t: float) -> float | None:
     return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
 
-def window_energy(samples: Sequence[Sample], start: float, end: float) -> float | None:
+def window_energy(samples: Sequence[Sample], start: int, end: int) -> float | None:
     """Register delta over [start, end), resets handled; None if a boundary is not bracketed."""
     series = unwrap_register(sorted(samples))
     at_start, at_end = value_at(series, start), value_at(series, end)
@@ -53,19 +55,19 @@ def window_energy(samples: Sequence[Sample], start: float, end: float) -> float 
     return at_end - at_start
 
 
-def integrate_power(samples: Sequence[Sample], start: float, end: float) -> tuple[float, float]:
+def integrate_power(samples: Sequence[Sample], start: int, end: int) -> tuple[float, int]:
     """Fallback where no register exists: trapezoidal integral of power (kW) over the part of
-    [start, end) the samples cover. Returns (kWh, covered seconds)."""
+    [start, end) the samples cover. Returns (kWh, covered milliseconds)."""
     series = sorted(samples)
     kwh = 0.0
-    covered = 0.0
+    covered = 0
     for (t0, p0), (t1, p1) in zip(series, series[1:]):
         lo, hi = max(t0, start), min(t1, end)
         if hi <= lo:
             continue
         pa = p0 + (p1 - p0) * (lo - t0) / (t1 - t0)
         pb = p0 + (p1 - p0) * (hi - t0) / (t1 - t0)
-        kwh += (pa + pb) / 2 * (hi - lo) / 3600.0
+        kwh += (pa + pb) / 2 * (hi - lo) / MS_PER_HOUR
         covered += hi - lo
     return kwh, covered
 
@@ -106,24 +108,24 @@ def pue(facility: EnergySum, it: EnergySum) -> tuple[float | None, float]:
 
 @dataclass(frozen=True)
 class WindowTotals:
-    """One site, one PUE category, one window: the energies a roll-up adds up."""
+    """One entity's additive quantities (energies, volumes) over one window, and its coverage."""
 
-    start: float
-    facility_kwh: float
-    it_kwh: float
+    start: int  # ms
+    values: dict[str, float]
     coverage: float
 
 
-def rollup(minutes: Sequence[WindowTotals], start: float, length_s: float, minute_s: float = 60.0) -> WindowTotals:
-    """Sum over sum of the minute energies inside [start, start + length). Coverage counts a
-    missing minute as zero, so a roll-up with holes is flagged like any other partial window."""
-    inside = [m for m in minutes if start <= m.start < start + length_s]
-    expected = round(length_s / minute_s)
+def rollup(windows: Sequence[WindowTotals], start: int, length_ms: int, window_ms: int) -> WindowTotals:
+    """Sum over sum of the windows inside [start, start + length): a roll-up ratio is then the
+    ratio of the sums, never a mean of ratios. Coverage counts a missing window as zero, so a
+    roll-up with holes is flagged like any other partial window."""
+    inside = [w for w in windows if start <= w.start < start + length_ms]
+    names = sorted({name for w in inside for name in w.values})
+    expected = length_ms // window_ms
     return WindowTotals(
         start=start,
-        facility_kwh=sum(m.facility_kwh for m in inside),
-        it_kwh=sum(m.it_kwh for m in inside),
-        coverage=sum(m.coverage for m in inside) / expected if expected else 0.0,
+        values={name: math.fsum(w.values.get(name, 0.0) for w in inside) for name in names},
+        coverage=math.fsum(w.coverage for w in inside) / expected if expected else 0.0,
     )
 
 

@@ -1,35 +1,42 @@
-"""Offline reference: the same per-partition stage (validation rules + window engine) over
-recorded records.
+"""Offline reference: the same per-partition stage and site combiner over recorded records,
+without Kafka.
 
 Test harnesses compare what the live pipeline wrote to InfluxDB with this, computed from the
-recorded file alone (`dcpulse.producers.recording.iter_recording`).
+records a replay sends to each partition (`dcpulse.producers.recording.replay_plan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from dcpulse.contract import AnalyticsPoint
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.stage import PartitionStage
+from dcpulse.streams.combine import SiteState, add_partial
+from dcpulse.streams.stage import Outputs, PartitionStage, new_state
+
+Record = tuple[int, int | None, bytes | None, bytes | None]  # (partition, Kafka timestamp ms, key, value)
 
 
-def reference_results(records: Iterable[tuple[int, int | None, bytes | None, bytes | None]],
-                      analytics: AnalyticsSettings | None = None,
+def reference_results(records: Iterable[Record], partitions: int, analytics: AnalyticsSettings | None = None,
                       validation: ValidationSettings | None = None) -> dict[str, AnalyticsPoint]:
-    """records: (raw partition, Kafka timestamp in ms or None, key, value), each partition's
-    records in its order. Returns point key -> point for every window the data closed."""
+    """Point key -> point for every window the records closed; each partition's records in
+    its order (partitions may interleave: the combiner's result does not depend on it)."""
+    analytics = analytics or AnalyticsSettings()
+    validation = validation or ValidationSettings()
     stages: dict[int, PartitionStage] = {}
-    results: dict[str, AnalyticsPoint] = {}
+    offsets: dict[int, int] = {}
+    out = Outputs()
     for partition, timestamp_ms, key, value in records:
         stage = stages.get(partition)
         if stage is None:
-            state: dict[str, Any] = {}
-            stage = stages[partition] = PartitionStage(f"raw:{partition}", partition, state,
-                                                       validation or ValidationSettings(),
-                                                       analytics or AnalyticsSettings())
-        verdict = stage.handle(None, None if timestamp_ms is None else timestamp_ms * 1000, key, value)
-        for point in verdict.points:
-            results[point.key] = point
+            stage = stages[partition] = PartitionStage("raw", partition, partitions,
+                                                       new_state(partition, analytics.state_buckets),
+                                                       validation, analytics)
+        offsets[partition] = offset = offsets.get(partition, -1) + 1
+        stage.handle(out, offset, timestamp_ms, key, value)
+    results = {p.key: p for p in out.results}
+    sites: dict[str, SiteState] = {}
+    for partial in sorted(out.partials, key=lambda p: (p.site, p.start_ms, p.partition)):
+        for p in add_partial(sites.setdefault(partial.site, SiteState()), partial, analytics):
+            results[p.key] = p
     return results

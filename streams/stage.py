@@ -1,74 +1,188 @@
-"""The analytics stage for one raw partition, without Kafka: raw record in, verdict and closed
-windows out. The Faust worker (streams/app.py) runs one per assigned partition over a
-`PartitionState` it persists; the offline reference (streams/offline.py) runs the same code over
-plain dicts, so both give the same numbers.
+"""The per-partition stage, without Kafka: raw records in (in partition order), outputs out.
 
-A raw partition carries whole sites (the contract keys records by site), so validation state
-(duplicates, the partition's clock, the offset guard) and window state (per device and site)
-both live with the partition; a record keyed otherwise is dead-lettered `wrong_key`, since its
-site's windows would be split between partitions. A record the stage itself fails on (a bug)
-is dead-lettered `stage_error` with the exception, so one bad record cannot stop the worker.
+For every raw record: the offset guard (a redelivered record was handled already), the
+stateless rules (streams/validation.py), then per sample the event-time bound, the duplicate
+rule and the fold into its device's windows (streams/windows.py). A watermark record moves the
+site's event time on this partition (streams/eventtime.py) and closes due windows: final rack
+results and one `SitePartial` per window for the combiner. The Faust worker (streams/app.py)
+runs one per assigned partition over a `PartitionState` it checkpoints; the offline reference
+(streams/offline.py) runs the same code over fresh states, so both give the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from dcpulse.contract import AnalyticsPoint, Telemetry
+import orjson
+
+from dcpulse.contract import TELEMETRY_SCHEMA, AnalyticsPoint, DeadLetter, Sample, Watermark
+from dcpulse.deadletter import Rejection, dead_letter
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.validation import (
-    STAGE_ERROR,
-    Rejection,
-    already_handled,
-    mark_handled,
-    process_record,
-)
-from dcpulse.streams.windows import WindowEngine
+from dcpulse.streams.eventtime import SiteClock, accept_watermark, due_windows, sample_time_verdict
+from dcpulse.streams.state import OFFSET_KEY, PartitionState
+from dcpulse.streams.validation import DUPLICATE, STAGE_ERROR, ParsedBatch, epoch_ms, iso_ms, parse_record
+from dcpulse.streams.windows import DeviceState, SitePartial, close_window, fold, new_device, prune
 
 
 @dataclass
-class Verdict:
-    """What one raw record produced. `outcome` None: a redelivered record, handled before."""
+class Outputs:
+    """What a run of records produced, in order, for the producer. Keys are Kafka keys."""
 
-    outcome: Telemetry | Rejection | None
-    points: list[AnalyticsPoint] = field(default_factory=list)
-    late: bool = False  # valid, but too late for its window (engine.late)
-    not_newer: bool = False  # valid, but not newer than its device's last sample in the windows
+    valid: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
+    results: list[AnalyticsPoint] = field(default_factory=list)  # rack utilisation
+    partials: list[SitePartial] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def clock_key(site: str) -> str:
+    return f"clock/{site}"
+
+
+def devices_key(site: str) -> str:
+    return f"devices/{site}"
+
+
+def device_key(site: str, device: str) -> str:
+    return f"device/{site}/{device}"
+
+
+def decode_state(key: str, data: Any) -> Any:
+    """The typed value of a state entry from its JSON form (the key says its type)."""
+    if key.startswith("device/"):
+        return DeviceState.from_json(data)
+    if key.startswith("clock/"):
+        return SiteClock.from_json(data)
+    return data  # the offset guard (int) and device lists (sorted names)
+
+
+def new_state(partition: int, buckets: int) -> PartitionState:
+    return PartitionState(partition, buckets, decode_state)
 
 
 class PartitionStage:
-    def __init__(self, source: str, partition: int, state: MutableMapping[str, Any],
+    def __init__(self, topic: str, partition: int, partitions: int, state: PartitionState,
                  validation: ValidationSettings, analytics: AnalyticsSettings) -> None:
-        self.source = source  # "<raw topic>:<partition>", the window engine's watermark source
+        self.topic = topic
         self.partition = partition
+        self.partitions = partitions  # of the raw topic: how many partials each window gets
         self.state = state
         self.checks = validation
-        self.engine = WindowEngine(analytics, state)
+        self.cfg = analytics
+        self.window_ms = analytics.window_s * 1000
+        self.lateness_ms = round(analytics.allowed_lateness_s * 1000)
+        self.skew_ms = round(validation.max_clock_skew_s * 1000)
+        self.pause_ms = round(validation.max_producer_pause_s * 1000)
+        self.forget_ms = round(analytics.meter_forget_s * 1000)
 
-    def handle(self, offset: int | None, producer_us: int | None, key: bytes | None,
-               value: bytes | None) -> Verdict:
-        """One record, in partition order. `offset` None: no redelivery guard (offline input
-        that is read once)."""
-        if offset is not None and already_handled(self.state, self.partition, offset):
-            return Verdict(None)
+    def handle(self, out: Outputs, offset: int, producer_ms: int | None, key: bytes | None,
+               value: bytes | None) -> None:
+        """One record, in partition order; its outputs are appended to `out`."""
+        done = self.state.get(OFFSET_KEY)
+        if done is not None and offset <= done:
+            out.counts["redelivered"] += 1  # its outputs went out when it was first handled
+            return
         try:
-            verdict = self._judge_and_window(producer_us, key, value)
+            parsed = parse_record(value, key, self.checks.max_message_bytes)
+            if isinstance(parsed, Rejection):
+                self._reject(out, parsed, offset, key, value)
+            elif isinstance(parsed, Watermark):
+                self._watermark(out, parsed, offset, producer_ms, key, value)
+            else:
+                self._batch(out, parsed, offset, producer_ms, key, value)
         except Exception as exc:  # a bug must neither stop the stage nor lose the record: dead-letter it
-            verdict = Verdict(Rejection(STAGE_ERROR, f"{type(exc).__name__}: {exc}"[:1000]))
-        if offset is not None:
-            mark_handled(self.state, self.partition, offset)
-        return verdict
+            self._reject(out, Rejection(STAGE_ERROR, f"{type(exc).__name__}: {exc}"[:1000]), offset, key, value)
+        self.state[OFFSET_KEY] = offset
 
-    def _judge_and_window(self, producer_us: int | None, key: bytes | None, value: bytes | None) -> Verdict:
-        outcome = process_record(value, self.partition, producer_us, self.state, self.state,
-                                 max_clock_skew_s=self.checks.max_clock_skew_s,
-                                 max_message_bytes=self.checks.max_message_bytes, key=key)
-        verdict = Verdict(outcome)
-        if isinstance(outcome, Telemetry):
-            late, not_newer = self.engine.late, self.engine.redelivered
-            verdict.points = self.engine.process(self.source, outcome)
-            verdict.late = self.engine.late > late
-            verdict.not_newer = self.engine.redelivered > not_newer
-        return verdict
+    def _reject(self, out: Outputs, rejection: Rejection, offset: int, key: bytes | None, value: bytes | None,
+                sample_index: int | None = None) -> None:
+        out.counts[rejection.reason] += 1
+        out.dead.append((key, dead_letter(rejection, stage="validate", topic=self.topic, partition=self.partition,
+                                          offset=offset, key=key, value=value, sample_index=sample_index)))
+
+    def _batch(self, out: Outputs, batch: ParsedBatch, offset: int, producer_ms: int | None, key: bytes | None,
+               value: bytes | None) -> None:
+        site, state = batch.site, self.state
+        clock: SiteClock | None = state.get(clock_key(site))
+        rejected: dict[int, Rejection] = {}
+        for i, sample in enumerate(batch.samples):
+            if isinstance(sample, Rejection):
+                rejected[i] = sample
+                continue
+            verdict = self._sample(site, clock, sample, producer_ms)
+            if verdict is not None:
+                rejected[i] = verdict
+            elif clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
+                out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
+        out.counts["samples_valid"] += len(batch.samples) - len(rejected)
+        out.counts["batches"] += 1
+        if not rejected:
+            out.valid.append((key, value))  # type: ignore[arg-type]  # a parsed batch has a value
+            return
+        items = batch.items if batch.items is not None else orjson.loads(value)["samples"]  # type: ignore[arg-type]
+        for i, rejection in sorted(rejected.items()):
+            self._reject(out, rejection, offset, key, orjson.dumps(items[i]), sample_index=i)
+        good = [item for i, item in enumerate(items) if i not in rejected]
+        if good:  # the batch's replacement: its good samples only
+            out.valid.append((key, orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": site, "agent": batch.agent,
+                                                 "samples": good})))
+
+    def _sample(self, site: str, clock: SiteClock | None, sample: Sample, producer_ms: int | None) -> Rejection | None:
+        """The stateful rules for one sample; an accepted one is folded into its device."""
+        ts = epoch_ms(sample.ts)
+        verdict = sample_time_verdict(clock, ts, producer_ms, self.skew_ms, self.pause_ms)
+        if verdict is not None:
+            return verdict
+        key = device_key(site, sample.device)
+        device: DeviceState | None = self.state.get(key)
+        if device is None:
+            device = new_device(sample)
+            names = self.state.get(devices_key(site)) or []
+            self.state[devices_key(site)] = sorted([*names, sample.device])
+        elif sample.seq <= device.seq and ts <= device.ts_ms:
+            return Rejection(DUPLICATE, f"seq {sample.seq} ts {iso_ms(ts)} is not newer than the last accepted "
+                                        f"seq {device.seq} ts {iso_ms(device.ts_ms)}")
+        device.seq, device.ts_ms = sample.seq, ts
+        if clock is None or ts >= clock.next_start_ms:
+            fold(device, ts, sample.metrics, self.window_ms)
+        self.state[key] = device
+        return None
+
+    def _watermark(self, out: Outputs, watermark: Watermark, offset: int, producer_ms: int | None,
+                   key: bytes | None, value: bytes | None) -> None:
+        site, ckey = watermark.site, clock_key(watermark.site)
+        clock: SiteClock | None = self.state.get(ckey)
+        rejection, moved = accept_watermark(clock, epoch_ms(watermark.ts), producer_ms, self.skew_ms,
+                                            self.window_ms, self.lateness_ms)
+        if rejection is not None:
+            self._reject(out, rejection, offset, key, value)
+            return
+        out.counts["watermarks"] += 1
+        assert moved is not None
+        starts, moved = due_windows(moved, self.window_ms, self.lateness_ms, self.cfg.max_gap_windows)
+        for start in starts:
+            self._close(out, site, start)
+        if moved != clock:
+            self.state[ckey] = moved
+
+    def _close(self, out: Outputs, site: str, start: int) -> None:
+        state, end = self.state, start + self.window_ms
+        names: list[str] = state.get(devices_key(site)) or []
+        devices = [(name, state[device_key(site, name)]) for name in names]
+        expected = [(n, d) for n, d in devices if d.ts_ms >= start - self.forget_ms]
+        points, partial = close_window(site, expected, start, self.partition, self.partitions, self.cfg)
+        out.results.extend(points)
+        out.partials.append(partial)
+        out.counts["windows_closed"] += 1
+        kept = []
+        for name, device in devices:
+            if device.ts_ms < end - self.forget_ms:  # silent for long: no longer expected
+                del state[device_key(site, name)]
+                continue
+            kept.append(name)
+            prune(device, end)
+            state[device_key(site, name)] = device
+        if len(kept) != len(names):
+            state[devices_key(site)] = kept

@@ -1,22 +1,26 @@
-"""One raw partition's working state, kept in memory and persisted to a changelog in buckets.
+"""One partition's working state, kept in memory and checkpointed to a changelog in buckets.
 
-The stage's rules (validation: duplicates, clock skew, the offset guard; windows: open-window
-state per device and site) read and write a key-value store for every record. Writing each
-change to a Faust table costs a changelog message per key per record, which is what kept the
-stage at a few hundred records/s. Here the store is a plain dict; every key belongs to one of
-`buckets` buckets (crc32 of the key), and after a batch of records only the buckets that changed
-are encoded (orjson, JSON values only) and written, once each, as table entries
-`<partition>/<bucket>`. The changelog therefore always holds whole buckets as of the end of some
-batch, and the offset guard (also a key here) says which raw offset that state has seen.
+The stages (per raw partition: the offset guard, site clocks, device states; per partials
+partition: the combiner's sites) read and write typed values in a key-value store for every
+record. Writing each change to a Faust table would cost a changelog message per key per record.
+Here the store is a plain dict; every key belongs to one of `buckets` buckets (crc32 of the
+key), and at a checkpoint only the buckets that changed are encoded (orjson; a value with a
+`to_json` method is stored as its JSON form) and written, once each, as table entries
+`<partition>/<bucket>`. The changelog therefore always holds whole buckets as of the end of
+some checkpoint, and the offset guard (also a key) says which input offset that state has seen.
+`decode(key, json)` turns a stored value back into its type.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import orjson
+
+
+OFFSET_KEY = "offset"  # the last input offset whose outputs and state were checkpointed
 
 
 def bucket_key(partition: int, bucket: int) -> str:
@@ -26,11 +30,12 @@ def bucket_key(partition: int, bucket: int) -> str:
 class PartitionState(MutableMapping[str, Any]):
     """A dict that remembers which buckets changed since the last `dirty_buckets` call."""
 
-    def __init__(self, partition: int, buckets: int) -> None:
+    def __init__(self, partition: int, buckets: int, decode: Callable[[str, Any], Any]) -> None:
         if buckets < 1:
             raise ValueError("buckets must be >= 1")
         self.partition = partition
         self.buckets = buckets
+        self.decode = decode
         self._data: dict[str, Any] = {}
         self._members: list[set[str]] = [set() for _ in range(buckets)]
         self._dirty: set[int] = set()
@@ -72,7 +77,7 @@ class PartitionState(MutableMapping[str, Any]):
                 continue
             found += 1
             for key, value in orjson.loads(raw).items():
-                self._data[key] = value
+                self._data[key] = self.decode(key, value)
                 self._members[self._bucket(key)].add(key)
         return found
 
@@ -85,4 +90,9 @@ class PartitionState(MutableMapping[str, Any]):
 
     def _encode(self, keys: Iterable[str]) -> bytes:
         data = self._data
-        return orjson.dumps({key: data[key] for key in keys})
+        return orjson.dumps({key: _json(data[key]) for key in keys})
+
+
+def _json(value: Any) -> Any:
+    to_json = getattr(value, "to_json", None)
+    return value if to_json is None else to_json()

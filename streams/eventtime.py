@@ -1,0 +1,89 @@
+"""Event time on one raw partition, per site: watermarks, sample-time bounds, window closing.
+
+Pure functions over a `SiteClock`. Only watermark records move a site's event time (a sample
+never does), so a single sample, whatever its timestamps, cannot close or hold windows for
+anyone. A site's producer broadcasts the same watermarks to every partition in the same
+order, so every partition closes the same windows of that site, whether or not it carries
+any of the site's agents (docs/architecture.md, "Event time").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dcpulse.deadletter import Rejection
+from dcpulse.streams.validation import CLOCK_SKEW, iso_ms
+
+
+@dataclass(frozen=True, slots=True)
+class SiteClock:
+    """One site on one raw partition. All times are epoch milliseconds."""
+
+    watermark_ms: int  # the newest accepted watermark
+    producer_ms: int | None  # Kafka timestamp of that watermark record (producer time)
+    next_start_ms: int  # start of the next window to close here
+
+    def to_json(self) -> list[int | None]:
+        return [self.watermark_ms, self.producer_ms, self.next_start_ms]
+
+    @classmethod
+    def from_json(cls, data: list[int | None]) -> SiteClock:
+        watermark_ms, producer_ms, next_start_ms = data
+        return cls(int(watermark_ms), producer_ms, int(next_start_ms))  # type: ignore[arg-type]
+
+
+def accept_watermark(clock: SiteClock | None, watermark_ms: int, producer_ms: int | None, max_skew_ms: int,
+                     window_ms: int, lateness_ms: int) -> tuple[Rejection | None, SiteClock | None]:
+    """A watermark ahead of its own record's Kafka timestamp by more than `max_skew_ms` is a
+    producer whose clocks disagree: rejected (`clock_skew`), nothing moves. An older watermark
+    than the current one changes nothing. The first one sets where window closing starts: the
+    window that `watermark - lateness` falls in, the same on every partition."""
+    if producer_ms is not None and watermark_ms - producer_ms > max_skew_ms:
+        return Rejection(CLOCK_SKEW, f"watermark {iso_ms(watermark_ms)} is {(watermark_ms - producer_ms) / 1000:.3f} s "
+                                     f"ahead of its record's timestamp {iso_ms(producer_ms)}"), clock
+    if clock is None:
+        first = watermark_ms - lateness_ms
+        return None, SiteClock(watermark_ms, producer_ms, first - first % window_ms)
+    if watermark_ms <= clock.watermark_ms:
+        return None, clock
+    return None, replace(clock, watermark_ms=watermark_ms, producer_ms=producer_ms)
+
+
+def sample_time_verdict(clock: SiteClock | None, ts_ms: int, producer_ms: int | None, max_skew_ms: int,
+                        max_pause_ms: int) -> Rejection | None:
+    """Is a sample's event time believable? Ahead of the site's watermark by more than
+    `max_skew_ms` plus the producer time passed since that watermark (at most `max_pause_ms`,
+    so a record claiming year 9999 in both timestamps is still caught) is `clock_skew`.
+    Before the site's first watermark on this partition, the sample is judged against its
+    record's own Kafka timestamp. Samples behind the watermark are not rejected here: they are
+    late, which the windows count."""
+    if clock is None:
+        if producer_ms is None or ts_ms - producer_ms <= max_skew_ms:
+            return None
+        return Rejection(CLOCK_SKEW, f"ts {iso_ms(ts_ms)} is {(ts_ms - producer_ms) / 1000:.3f} s ahead of its "
+                                     f"record's timestamp {iso_ms(producer_ms)} (no watermark yet); "
+                                     f"allowed: {max_skew_ms / 1000:g} s")
+    idle_ms = 0
+    if producer_ms is not None and clock.producer_ms is not None:
+        idle_ms = min(max(0, producer_ms - clock.producer_ms), max_pause_ms)
+    ahead_ms = ts_ms - clock.watermark_ms
+    if ahead_ms - idle_ms <= max_skew_ms:
+        return None
+    return Rejection(CLOCK_SKEW, f"ts {iso_ms(ts_ms)} is {ahead_ms / 1000:.3f} s ahead of the site's watermark "
+                                 f"{iso_ms(clock.watermark_ms)}; allowed: {max_skew_ms / 1000:g} s + "
+                                 f"{idle_ms / 1000:.3f} s of producer time since")
+
+
+def due_windows(clock: SiteClock, window_ms: int, lateness_ms: int, max_gap_windows: int) -> tuple[list[int], SiteClock]:
+    """Starts of the windows the watermark has closed (end + lateness <= watermark), oldest
+    first, and the clock after them. A jump of more than `max_gap_windows` skips ahead instead
+    of emitting a year of empty windows (the same skip on every partition)."""
+    horizon = clock.watermark_ms - lateness_ms  # windows ending at or before this are closed
+    start = clock.next_start_ms
+    if horizon - start > max_gap_windows * window_ms:
+        start = horizon - horizon % window_ms - window_ms
+    starts = []
+    while start + window_ms <= horizon:
+        starts.append(start)
+        start += window_ms
+    return starts, (clock if start == clock.next_start_ms else replace(clock, next_start_ms=start))
