@@ -33,17 +33,17 @@ class SiteClock:
 
 
 def accept_watermark(clock: SiteClock | None, watermark_ms: int, producer_ms: int | None, max_skew_ms: int,
-                     window_ms: int, lateness_ms: int) -> tuple[Rejection | None, SiteClock | None]:
+                     window_ms: int) -> tuple[Rejection | None, SiteClock | None]:
     """A watermark ahead of its own record's Kafka timestamp by more than `max_skew_ms` is a
     producer whose clocks disagree: rejected (`clock_skew`), nothing moves. An older watermark
     than the current one changes nothing. The first one sets where window closing starts: the
-    window that `watermark - lateness` falls in, the same on every partition."""
+    window it falls in (the same on every partition), so no window from before the data is
+    emitted."""
     if producer_ms is not None and watermark_ms - producer_ms > max_skew_ms:
         return Rejection(CLOCK_SKEW, f"watermark {iso_ms(watermark_ms)} is {(watermark_ms - producer_ms) / 1000:.3f} s "
                                      f"ahead of its record's timestamp {iso_ms(producer_ms)}"), clock
     if clock is None:
-        first = watermark_ms - lateness_ms
-        return None, SiteClock(watermark_ms, producer_ms, first - first % window_ms)
+        return None, SiteClock(watermark_ms, producer_ms, watermark_ms - watermark_ms % window_ms)
     if watermark_ms <= clock.watermark_ms:
         return None, clock
     return None, replace(clock, watermark_ms=watermark_ms, producer_ms=producer_ms)

@@ -154,8 +154,7 @@ class PartitionStage:
                    key: bytes | None, value: bytes | None) -> None:
         site, ckey = watermark.site, clock_key(watermark.site)
         clock: SiteClock | None = self.state.get(ckey)
-        rejection, moved = accept_watermark(clock, epoch_ms(watermark.ts), producer_ms, self.skew_ms,
-                                            self.window_ms, self.lateness_ms)
+        rejection, moved = accept_watermark(clock, epoch_ms(watermark.ts), producer_ms, self.skew_ms, self.window_ms)
         if rejection is not None:
             self._reject(out, rejection, offset, key, value)
             return
