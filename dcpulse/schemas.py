@@ -6,9 +6,9 @@ from pathlib import Path
 
 import orjson
 
-from dcpulse.contract import DeadLetter, Telemetry
+from dcpulse.contract import DeadLetter, TelemetryBatch, Watermark
 
-SCHEMAS = {"telemetry-v1": Telemetry, "deadletter-v1": DeadLetter}
+SCHEMAS = {"telemetry-v2": TelemetryBatch, "watermark-v1": Watermark, "deadletter-v2": DeadLetter}
 
 
 def schema_documents() -> dict[str, bytes]:

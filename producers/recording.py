@@ -4,8 +4,10 @@ File format "dcpulse.recording/1" (see docs/recording.md): gzip-compressed JSON 
 is a header; every other line is one Kafka record with key, value and header values in base64,
 because records are arbitrary bytes (malformed messages are recorded too).
 
-The first half of this module is pure (encoding, validation, replay order, pacing, timestamp
-shifting) and is unit-tested without a broker; `record` and `replay` at the end do the Kafka I/O.
+The first half of this module is pure (encoding, validation, reading, writing) and is
+unit-tested without a broker; what a replay sends, in which order and when, is
+`replay_order.py` (also pure), and `replay_plan` gives it per partition for offline references.
+`record` and `replay` at the end do the Kafka I/O.
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
-import heapq
-import math
 import os
 import signal
 import threading
 import time
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +30,11 @@ from typing import IO, Any
 
 import orjson
 
+from dcpulse.kafka_clients import consumer as kafka_consumer
+from dcpulse.kafka_clients import producer as kafka_producer
 from dcpulse.log import get_logger
+from dcpulse.producers.publisher import PartitionRecord
+from dcpulse.producers.replay_order import check_speed, pacing_schedule, plan_sends, shift_delta_ms
 
 log = get_logger(__name__)
 
@@ -43,7 +47,7 @@ _PROGRESS_EVERY_S = 0.2
 
 
 # --------------------------------------------------------------------------------------------
-# Pure part: records, header, reading, replay order, pacing, timestamp shifting
+# Pure part: records, header, reading and writing, the replay plan
 # --------------------------------------------------------------------------------------------
 
 
@@ -278,109 +282,6 @@ def write_recording(
     return count
 
 
-def parse_speed(text: str) -> float | None:
-    """'max' -> None (as fast as possible); '1', '10', '2.5', '10x' -> that factor (> 0)."""
-    cleaned = text.strip().lower()
-    if cleaned == "max":
-        return None
-    cleaned = cleaned.removesuffix("x")  # after the "max" check: "max" ends in x too
-    try:
-        speed = float(cleaned)
-    except ValueError:
-        raise ValueError(f"speed must be a number > 0 or 'max', got {text!r}") from None
-    return check_speed(speed)
-
-
-def check_speed(speed: float | None) -> float | None:
-    if speed is not None and not (math.isfinite(speed) and speed > 0):
-        raise ValueError(f"speed must be a finite number > 0 or None (max), got {speed!r}")
-    return speed
-
-
-def merge_by_timestamp(messages: Iterable[RecordedMessage]) -> list[RecordedMessage]:
-    """The replay order of `messages` (in file order): partitions merged by timestamp.
-
-    A k-way merge over one queue per (topic, partition): the next record is always the head of
-    the queue whose head has the smallest timestamp, ties going to the head that comes first in
-    the file. Records of one (topic, partition) are never reordered, so per-partition and so
-    per-key order survive even when timestamps inside a partition go backwards (producer clock
-    skew); such a record simply waits for its predecessors. A record without a timestamp (-1)
-    sorts first once it is at the head of its queue, so it goes right after the record before it
-    in its partition.
-
-    Why: a recording made from the beginning holds partitions one fetch batch at a time, so file
-    order would send one partition's whole span before the next partition's (already overdue)
-    records. With monotonic timestamps per partition the result is sorted by timestamp.
-    """
-    queues: dict[tuple[str, int], deque[tuple[int, RecordedMessage]]] = {}
-    for position, message in enumerate(messages):
-        queues.setdefault((message.topic, message.partition), deque()).append((position, message))
-    # (head timestamp, head file position, queue key): positions are unique, so keys never compare.
-    heap = [(queue[0][1].timestamp_ms, queue[0][0], key) for key, queue in queues.items()]
-    heapq.heapify(heap)
-    merged: list[RecordedMessage] = []
-    while heap:
-        key = heap[0][2]
-        queue = queues[key]
-        merged.append(queue.popleft()[1])
-        if queue:
-            position, head = queue[0]
-            heapq.heapreplace(heap, (head.timestamp_ms, position, key))
-        else:
-            heapq.heappop(heap)
-    return merged
-
-
-def due_offset_s(timestamp_ms: int, first_timestamp_ms: int, speed: float | None) -> float:
-    """Seconds after replay start at which a record is due.
-
-    Recorded gaps divided by `speed`; None (max) means everything is due at once. A record older
-    than the first one (producer clock skew inside a partition) is due immediately, never "in
-    the past".
-    """
-    check_speed(speed)
-    if speed is None or timestamp_ms < 0 or first_timestamp_ms < 0:
-        return 0.0
-    return max(0, timestamp_ms - first_timestamp_ms) / 1000.0 / speed
-
-
-def pacing_schedule(timestamps_ms: Iterable[int], speed: float | None) -> list[float]:
-    """Send offsets (s after start) for records with these timestamps, in replay order.
-
-    The base is the first known timestamp (>= 0); each record is due at its gap from the base
-    divided by `speed`. The schedule never goes backwards: a record older than one already sent
-    (clock skew inside a partition) is sent at once, right after it, without waiting. A record
-    without a timestamp (-1) is due right after the record before it, so it neither stalls nor
-    jumps the replay.
-    """
-    check_speed(speed)
-    first: int | None = None
-    schedule: list[float] = []
-    previous = 0.0
-    for ts in timestamps_ms:
-        if ts >= 0 and first is None:
-            first = ts
-        due = previous if ts < 0 or first is None else due_offset_s(ts, first, speed)
-        due = max(due, previous)
-        schedule.append(due)
-        previous = due
-    return schedule
-
-
-def shift_delta_ms(first_timestamp_ms: int, now_ms: int) -> int:
-    """What to add to every timestamp so that the first becomes `now_ms`."""
-    return now_ms - first_timestamp_ms
-
-
-def shift_timestamps(timestamps_ms: Sequence[int], now_ms: int) -> list[int]:
-    """Shift so the first known timestamp equals `now_ms`, keeping every gap. -1 stays -1."""
-    first = next((ts for ts in timestamps_ms if ts >= 0), None)
-    if first is None:
-        return list(timestamps_ms)
-    delta = shift_delta_ms(first, now_ms)
-    return [ts + delta if ts >= 0 else ts for ts in timestamps_ms]
-
-
 def parse_topic_map(pairs: Iterable[str]) -> dict[str, str]:
     """['SRC=DST', ...] -> {SRC: DST}; a repeated SRC or an empty side is an error."""
     mapping: dict[str, str] = {}
@@ -393,6 +294,22 @@ def parse_topic_map(pairs: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"topic {src!r} is mapped twice")
         mapping[src] = dst
     return mapping
+
+
+def replay_plan(source: Path | str | Iterable[RecordedMessage], partitions: int,
+                topic: str | None = None) -> list[PartitionRecord]:
+    """What a replay of `source` (a recording file, or its records in file order) writes into a
+    topic of `partitions` partitions: (partition, Kafka timestamp in ms or None, key, value), in
+    send order, so in each partition's order. `replay` sends exactly this (`plan_sends`), with
+    the timestamps moved by --shift-to-now if asked. `topic`: which recorded topic (default: the
+    only one)."""
+    messages = list(iter_recording(Path(source)) if isinstance(source, str | Path) else source)
+    topics = sorted({m.topic for m in messages})
+    if topic is None and len(topics) > 1:
+        raise ValueError(f"the recording holds several topics ({', '.join(topics)}): name one")
+    chosen = topic or (topics[0] if topics else "")
+    plan = plan_sends([m for m in messages if m.topic == chosen], {chosen: partitions})
+    return [(s.partition, s.timestamp_ms if s.timestamp_ms >= 0 else None, s.key, s.value) for s in plan.sends]
 
 
 class _Throttle:
@@ -465,20 +382,15 @@ def record(
     or on Ctrl-C; the file is complete (renamed into place) in all four cases. On any other
     error nothing is left under `path`.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
     if not topics:
         raise ValueError("record needs at least one topic")
     if max_records is not None and max_records < 1:
         raise ValueError("max_records must be >= 1")
     path = Path(path)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="dcpulse-recorder",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
+    consumer = kafka_consumer(bootstrap, "dcpulse-recorder",
+                              auto_offset_reset="earliest" if from_beginning else "latest")
     stats = RecordStats(path=path)
     out: _AtomicGzipLines | None = None
     try:
@@ -561,8 +473,10 @@ def record(
 class ReplayStats:
     path: Path
     total: int = 0  # records in the file
-    submitted: int = 0  # handed to the producer
+    submitted: int = 0  # handed to the producer (a watermark once per partition)
     delivered: int = 0  # acknowledged by the broker (acks=all)
+    converted: int = 0  # v1 records sent as v2 batches
+    watermarks: int = 0  # distinct watermarks broadcast, recorded or synthesised for v1
     per_topic: Counter[str] = field(default_factory=Counter)  # delivered, by destination topic
     errors: Counter[str] = field(default_factory=Counter)  # failed, by error type
     failed_per_topic: Counter[str] = field(default_factory=Counter)
@@ -575,10 +489,7 @@ class ReplayStats:
 
 
 def _existing_topics(bootstrap: str) -> set[str]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="dcpulse-replay-meta",
-                             group_id=None, enable_auto_commit=False)
+    consumer = kafka_consumer(bootstrap, "dcpulse-replay-meta")
     try:
         return set(consumer.topics())
     finally:
@@ -597,15 +508,16 @@ def replay(
 ) -> ReplayStats:
     """Republish the recording at `path` with key, value, headers, timestamp.
 
-    Order: the recorded partitions merged by timestamp, each (topic, partition) in its recorded
-    order (`merge_by_timestamp`). speed=None: as fast as possible; speed=N: the recorded
-    timestamps divided by N (`pacing_schedule`). With `shift_to_now` the first record is stamped
-    with the replay start time, the rest keep their recorded gaps. acks=all + idempotence, so
-    per-partition (and so per-key) order survives retries. Delivery errors are counted in
-    `errors`, never dropped; ends with a flush. The whole file is read (and held in memory)
-    before the first send, so a corrupt file sends nothing.
+    What is sent, to which partition and in which order is the plan of `plan_sends` for the
+    destination topics' partition counts (replay_order.py: partitions merged by timestamp,
+    watermarks broadcast once to every partition, v1 records converted): each send names its
+    partition, so a replay writes exactly `replay_plan`'s per-partition sequences. speed=None: as
+    fast as possible; speed=N: the recorded timestamps divided by N (`pacing_schedule`). With
+    `shift_to_now` the first record is stamped with the replay start time, the rest keep their
+    recorded gaps. acks=all + idempotence, so per-partition order survives retries. Delivery
+    errors are counted in `errors`, never dropped; ends with a flush. The whole file is read
+    (and held in memory) before the first send, so a corrupt file sends nothing.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     check_speed(speed)
@@ -614,22 +526,20 @@ def replay(
     header = read_header(path)
     # Read the whole file before sending anything: a corrupt line half-way must not leave the
     # destination with half a replay. The merge needs every partition's records anyway.
-    messages = merge_by_timestamp(iter_recording(path))
-    total = len(messages)
-    schedule = pacing_schedule([m.timestamp_ms for m in messages], speed)
-    first_ts = next((m.timestamp_ms for m in messages if m.timestamp_ms >= 0), None)
+    messages = list(iter_recording(path))
+    recorded_topics = set(header.topics) | {m.topic for m in messages}
     unknown = sorted(set(topic_map) - set(header.topics))
     if unknown:
         raise ValueError(f"--topic-map names topics not in the recording: {', '.join(unknown)} "
                          f"(recorded: {', '.join(header.topics)})")
-    destinations = sorted({topic_map.get(t, t) for t in header.topics})
+    destinations = {t: topic_map.get(t, t) for t in recorded_topics}
     # The broker does not auto-create topics: without this check every send would block for
     # max_block_ms and then fail one by one.
-    missing = sorted(set(destinations) - _existing_topics(bootstrap))
+    missing = sorted(set(destinations.values()) - _existing_topics(bootstrap))
     if missing:
         raise ValueError(f"destination topic(s) do not exist on {bootstrap}: {', '.join(missing)}")
 
-    stats = ReplayStats(path=path, total=total)
+    stats = ReplayStats(path=path, total=len(messages))
     lock = threading.Lock()
 
     # kafka-python calls callback(*bound_args, result): the bound arguments come first.
@@ -644,26 +554,23 @@ def replay(
             stats.failed_per_topic[topic] += 1
         log.error("replay delivery failed", topic=topic, source_offset=offset, error=repr(error))
 
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        client_id="dcpulse-replay",
-        acks="all",
-        enable_idempotence=True,
-        compression_type="gzip",
-        linger_ms=5 if speed is not None else 20,
-        batch_size=256 * 1024,
-        max_request_size=8 * 1024 * 1024,
-    )
-    started = time.monotonic()
-    tick = _Throttle(progress, started)
-    delta_ms = 0
-    if shift_to_now and first_ts is not None:
-        # The first timed record is due at once (only untimed ones can precede it): "now".
-        delta_ms = shift_delta_ms(first_ts, int(time.time() * 1000))
+    # Recorded records may be larger than the live producers' limit (bad input on purpose).
+    producer = kafka_producer(bootstrap, "dcpulse-replay", linger_ms=5 if speed is not None else 20,
+                              max_request_size=8 * 1024 * 1024)
     try:
+        plan = plan_sends(messages, {t: len(producer.partitions_for(d)) for t, d in destinations.items()})
+        stats.converted, stats.watermarks = plan.converted, plan.watermarks
+        schedule = pacing_schedule([s.timestamp_ms for s in plan.sends], speed)
+        first_ts = next((s.timestamp_ms for s in plan.sends if s.timestamp_ms >= 0), None)
+        started = time.monotonic()
+        tick = _Throttle(progress, started)
+        delta_ms = 0
+        if shift_to_now and first_ts is not None:
+            # The first timed record is due at once (only untimed ones can precede it): "now".
+            delta_ms = shift_delta_ms(first_ts, int(time.time() * 1000))
         try:
             with _ctrl_c_as_flag() as ctrl_c:
-                for message, due_s in zip(messages, schedule, strict=True):
+                for send, due_s in zip(plan.sends, schedule, strict=True):
                     if ctrl_c.is_set():
                         raise KeyboardInterrupt
                     due = started + due_s
@@ -672,21 +579,20 @@ def replay(
                     while (delay := due - time.monotonic()) > 0 and not ctrl_c.is_set():
                         tick(stats.submitted)
                         time.sleep(min(delay, _PROGRESS_EVERY_S))
-                    topic = topic_map.get(message.topic, message.topic)
-                    timestamp = message.timestamp_ms + delta_ms if message.timestamp_ms >= 0 else None
+                    topic = destinations[send.topic]
+                    timestamp = send.timestamp_ms + delta_ms if send.timestamp_ms >= 0 else None
                     # kafka-python only sends bytes header values; Kafka's null header value
                     # becomes empty bytes.
-                    headers = [(name, value if value is not None else b"")
-                               for name, value in message.headers]
+                    headers = [(name, value if value is not None else b"") for name, value in send.headers]
                     try:
-                        future = producer.send(topic, key=message.key, value=message.value,
+                        future = producer.send(topic, key=send.key, value=send.value, partition=send.partition,
                                                headers=headers, timestamp_ms=timestamp)
                     except KafkaError as exc:
                         # Refused before it was queued (e.g. too large): counted like a failed delivery.
-                        failed(topic, message.offset, exc)
+                        failed(topic, send.source_offset, exc)
                     else:
                         future.add_callback(delivered, topic)
-                        future.add_errback(failed, topic, message.offset)
+                        future.add_errback(failed, topic, send.source_offset)
                     stats.submitted += 1
                     tick(stats.submitted)
         except KeyboardInterrupt:
@@ -701,10 +607,10 @@ def replay(
             unresolved = stats.submitted - stats.delivered - sum(stats.errors.values())
             if unresolved > 0:
                 stats.errors["Unacknowledged"] += unresolved
+        stats.duration_s = time.monotonic() - started
+        tick(stats.submitted, force=True)
     finally:
         producer.close(timeout=10)
-    stats.duration_s = time.monotonic() - started
-    tick(stats.submitted, force=True)
-    log.info("replayed", submitted=stats.submitted, delivered=stats.delivered,
-             failed=stats.failed, seconds=round(stats.duration_s, 3), path=str(path))
+    log.info("replayed", submitted=stats.submitted, delivered=stats.delivered, converted=stats.converted,
+             watermarks=stats.watermarks, failed=stats.failed, seconds=round(stats.duration_s, 3), path=str(path))
     return stats

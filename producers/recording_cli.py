@@ -18,6 +18,7 @@ from rich.text import Text
 
 from dcpulse.cliutil import console, load_settings
 
+
 class _RateColumn(ProgressColumn):
     """Records per second over rich's recent-speed window (not the whole run's average)."""
 
@@ -97,9 +98,11 @@ def record(topics: tuple[str, ...], output: Path, from_beginning: bool, duration
 @click.option("--topic-map", "topic_map", multiple=True, metavar="SRC=DST",
               help="Send records of SRC to DST instead (repeatable)")
 def replay(file: Path, speed: str, shift_to_now: bool, topic_map: tuple[str, ...]) -> None:
-    """Republish a recording: keys, values, headers and timestamps, partitions merged by time."""
-    from dcpulse.producers.recording import parse_speed, parse_topic_map
+    """Republish a recording: keys, values, headers and timestamps, partitions merged by time,
+    watermarks broadcast to every partition, v1 telemetry converted to v2 batches."""
+    from dcpulse.producers.recording import parse_topic_map
     from dcpulse.producers.recording import replay as replay_file
+    from dcpulse.producers.replay_order import parse_speed
 
     try:
         factor = parse_speed(speed)
@@ -119,9 +122,10 @@ def replay(file: Path, speed: str, shift_to_now: bool, topic_map: tuple[str, ...
     console.print(_per_topic_table("delivered", stats.per_topic, stats.failed_per_topic))
     errors = ", ".join(f"{name} x{count}" for name, count in stats.errors.most_common()) or "none"
     console.print(
-        f"{stats.delivered:,} of {stats.submitted:,} records delivered in {stats.duration_s:.1f}s; "
-        f"errors: {errors}" + ("; [yellow]interrupted[/yellow]" if stats.interrupted else ""),
-        highlight=False, soft_wrap=True)
+        f"{stats.delivered:,} of {stats.submitted:,} records delivered in {stats.duration_s:.1f}s "
+        f"({stats.total:,} in the file; {stats.converted:,} v1 records converted; {stats.watermarks:,} watermarks "
+        f"broadcast to every partition); errors: {errors}"
+        + ("; [yellow]interrupted[/yellow]" if stats.interrupted else ""), highlight=False, soft_wrap=True)
     if stats.interrupted:
         sys.exit(130)
     if stats.failed:

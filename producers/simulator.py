@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
-from dcpulse.producers.agents import Message, SiteAgents
+from dcpulse.contract import Watermark, watermark_key
+from dcpulse.producers.agents import Message, SiteAgents, watermark_ms
 from dcpulse.producers.faults import faults_at, validate_targets
 from dcpulse.producers.plant import SiteReadings, hall_layout, initial_state, step_site
 from dcpulse.producers.sitemodel import Scenario, SiteSpec
@@ -42,14 +44,15 @@ class SiteSimulator:
         self.state = initial_state(self.layouts, site)
         self.start_ms = int(scenario.start.timestamp() * 1000)
         self.start_hour = scenario.start.hour + scenario.start.minute / 60.0
-        self.agents = SiteAgents(site, self.layouts, self.start_ms, self.rng)
+        self.agents = SiteAgents(site, self.layouts, self.rng)
+        self.watermark_key = watermark_key(site.name).encode()
         self.truth = SiteTruth()
         self.dt = site.sample_interval_s
         self.last: SiteReadings | None = None
         self.active_faults: list[str] = []
 
-    def tick(self, t_s: float) -> list[Message]:
-        """Advance the plant to t_s (end of an interval of dt) and return every agent's sample."""
+    def tick(self, t_s: float) -> Tick:
+        """Advance the plant to t_s (end of an interval of dt): every agent's batch, then the watermark."""
         hour = (self.start_hour + t_s / 3600.0) % 24.0
         tick_faults = faults_at(self.faults, self.layouts, t_s, self.dt)
         utils, cpus = [], []
@@ -64,16 +67,26 @@ class SiteSimulator:
         self.truth.it_kwh += readings.it_ups_out_w * self.dt / 3.6e6
         self.last = readings
         self.active_faults = tick_faults.active
-        return list(self.agents.emit(t_s, self.dt, readings, tick_faults))
+        t_ms = self.start_ms + round(t_s * 1000)
+        messages, samples = self.agents.emit(t_ms, self.dt, readings, tick_faults)
+        return Tick(self.site.name, t_s, t_ms, messages, samples, (self.watermark_key, self._watermark(t_ms)))
+
+    def _watermark(self, t_ms: int) -> bytes:
+        ts = datetime.fromtimestamp(watermark_ms(t_ms, self.dt) / 1000, UTC)
+        return Watermark(site=self.site.name, producer="simulate", ts=ts).to_bytes()
 
 
 @dataclass(frozen=True)
-class Batch:
-    """One site's messages for one tick."""
+class Tick:
+    """One site's output for one tick: its agents' messages, then a watermark for every partition.
+    `t_ms` (the tick's simulated time) is the Kafka timestamp of all of them."""
 
     site: str
     t_s: float
+    t_ms: int
     messages: list[Message]
+    samples: int
+    watermark: Message
 
 
 class ScenarioSimulator:
@@ -81,13 +94,11 @@ class ScenarioSimulator:
         self.scenario = scenario
         self.sites = [SiteSimulator(site, scenario, i) for i, site in enumerate(scenario.sites)]
 
-    def run(self, duration_s: float) -> Iterator[Batch]:
-        """Ticks of all sites merged in simulated-time order (ties: site order)."""
+    def run(self, duration_s: float) -> Iterator[list[Tick]]:
+        """Per simulated instant, in time order, the ticks of every site due then (in site order)."""
         next_t = [s.dt for s in self.sites]
-        while True:
-            i = min(range(len(self.sites)), key=lambda k: (next_t[k], k))
-            t = next_t[i]
-            if t > duration_s:
-                return
-            yield Batch(self.sites[i].site.name, t, self.sites[i].tick(t))
-            next_t[i] = t + self.sites[i].dt
+        while (t := min(next_t)) <= duration_s:
+            due = [i for i, n in enumerate(next_t) if n == t]
+            yield [self.sites[i].tick(t) for i in due]
+            for i in due:
+                next_t[i] = t + self.sites[i].dt

@@ -6,13 +6,17 @@ from dcpulse.producers.sitemodel import (AcceleratorModel, FaultSpec, Scenario, 
 
 
 def test_presets_match_their_public_figures() -> None:
-    assert {"hengqin", "changsha", "shaoguan", "pengcheng", "small"} <= set(preset_names())
+    assert {"hengqin", "changsha", "shaoguan", "shaoguan-tencent", "pengcheng", "small"} <= set(preset_names())
     assert load_preset("hengqin").counts()["servers"] == 2390
     assert load_preset("changsha").counts()["servers"] == 1024
     assert load_preset("pengcheng").counts()["accelerators"] == 4096
     shaoguan = load_preset("shaoguan")
     assert shaoguan.pue_target == 1.25 and all(h.cooling == "liquid" for h in shaoguan.halls)
     assert {h.server.accelerator.kind for h in load_preset("pengcheng").halls} == {"npu"}
+    tencent = load_preset("shaoguan-tencent")
+    assert tencent.counts()["racks"] == 30_000 and tencent.pue_target == 1.25
+    liquid_kw = sum(h.design_it_kw() for h in tencent.halls if h.cooling == "liquid")
+    assert liquid_kw / tencent.counts()["design_it_kw"] > 0.5  # a large liquid-cooled share
     for name in preset_names():
         site = load_preset(name)
         assert site.source and (site.assumptions or name == "small")
