@@ -1,94 +1,135 @@
-"""InfluxDB sink throughput against a plain influxdb-client write loop, measured in one run.
+"""Raw sink throughput against influxdb-client's Point loop and influxd's own ceiling, in one run.
 
-    ./run python benchmarks/bench_sink.py                  # 100,000 hengqin records
-    .venv/bin/python benchmarks/bench_sink.py --records 20000 --profile 25
+    .venv/bin/python benchmarks/bench_sink.py                   # 200,000 hengqin samples
+    .venv/bin/python benchmarks/bench_sink.py --samples 30000 --profile 25
 
-1. Generates N telemetry records with the simulator (hengqin, seed 7, starting 30 minutes ago
-   so every point is inside the raw retention) and keeps their Kafka key, value and timestamp.
-2. Baseline: the same records converted to Points beforehand (not timed), written with
-   influxdb-client's SYNCHRONOUS write API, gzip on, in batches of 5,000, into a fresh bucket.
-3. The sink: the records are produced to a fresh 6-partition topic first (not timed, flushed),
-   then `KafkaToInflux` (sinks/runner.py) consumes them into another fresh bucket; timed from
-   its start until `stats.written` reaches N. That includes the Kafka fetch, JSON validation,
-   Point building, the writes and the offset commits (target: >= 0.7 of the baseline).
-A server sample carries about 40 fields, so points/s is reported with field values/s.
-`--profile K` runs the sink under cProfile and prints its K most expensive functions (the
-sink's figures are then inflated by the profiler; the baseline is not profiled).
-Starts the local servers if needed (`dcpulse services up`); deletes its buckets, topic and the
-sink's consumer group at the end, also on error. Uses the admin token (the scoped write token
-only covers the standard buckets).
+1. The simulator (hengqin, seed 7, starting 30 minutes ago so every sample is inside the raw
+   retention) gives at least N samples as `dcpulse.telemetry/2` batches (a rack's PDU and
+   servers together), the shape of the valid topic.
+2. Ceiling: the same samples as line protocol, built and gzip-compressed beforehand (not timed)
+   in 5,000-line bodies, posted one after another: what influxd itself takes from one writer.
+3. Baseline: the same samples as influxdb-client `Point`s, built beforehand (not timed), written
+   with its SYNCHRONOUS write API, gzip on (the client's), in batches of 5,000 points.
+4. The sink: the batches are produced to the sandbox's valid topic first (not timed), then the
+   raw sink (`kafka_sink`, sinks/runner.py, as `dcpulse sink` builds it) consumes them; timed from
+   its start, group join included, until InfluxDB acknowledged all N lines. That includes the
+   Kafka fetch, the parse, the line building, gzip, the writes and the offset commits.
+Each writes into its own fresh bucket, so each pays for creating the same series. Ratios: sink /
+baseline (target >= 1.5) and sink / ceiling. `--profile K` runs the sink under cProfile and
+prints its K most expensive functions (the sink's figures are then inflated by the profiler).
+Everything runs in a sandbox (own topics, buckets and consumer group on the local servers,
+started if needed), deleted at the end, also on error. Uses the admin token (the sandbox's
+buckets are the admin's).
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gzip
 import io
 import pstats
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from influxdb_client import BucketRetentionRules, InfluxDBClient, Point
+from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.service.write_service import WriteService
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
 
-from dcpulse.contract import Telemetry, utc_now
+from dcpulse.contract import TelemetryBatch, utc_now
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario, current_minute
 from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.sandbox import sandbox
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.influx import InfluxWriter
-from dcpulse.sinks.points import telemetry_point
 from dcpulse.sinks.query import sample_count_query
-from dcpulse.sinks.runner import KafkaToInflux, raw_telemetry_point
+from dcpulse.sinks.runner import BATCH_LINES, kafka_sink, raw_lines
+from dcpulse.sinks.sink import Sink
 
 Record = tuple[bytes, bytes, int]  # Kafka key, value, timestamp (ms)
-BATCH = 5000  # the sink's max_poll_records, so the baseline writes batches of the sink's size
 
 
 @dataclass
 class Result:
     points: int
-    fields: int
     wall_s: float
-    batches: int = 0
-    first_write_s: float = 0.0  # sink only: start -> first batch acknowledged (group join, first fetch)
 
     @property
-    def points_per_s(self) -> float:
+    def per_s(self) -> float:
         return self.points / self.wall_s
 
-    @property
-    def fields_per_s(self) -> float:
-        return self.fields / self.wall_s
 
-
-def generate(count: int) -> list[Record]:
-    """`count` hengqin records as the simulator publishes them; the start lies 30 minutes back so
-    the sink's retention check accepts them all (and InfluxDB keeps them)."""
+def generate(samples: int) -> tuple[list[Record], int, int]:
+    """Whole hengqin batches until they hold at least `samples` samples; their samples and field
+    values (metrics + seq)."""
     sim = ScenarioSimulator(build_scenario(["hengqin"], None, [], 7, current_minute() - timedelta(minutes=30)))
     records: list[Record] = []
+    count = fields = 0
 
     def collect(key: bytes, value: bytes, ts_ms: int) -> None:
+        nonlocal count, fields
         records.append((key, value, ts_ms))
+        batch = TelemetryBatch.model_validate_json(value)
+        count += len(batch.samples)
+        fields += sum(len(sample.metrics) + 1 for sample in batch.samples)
 
-    # hengqin yields ~298 messages per simulated second; stop as soon as there are enough.
-    run_scenario(sim, count / 250 + 60, None, collect, stop=lambda: len(records) >= count)
-    if len(records) < count:
-        raise RuntimeError(f"simulator gave {len(records)} records, wanted {count}")
-    return records[:count]
+    # Watermarks are left out: the valid topic carries batches only.
+    run_scenario(sim, 1800, None, collect, lambda *_: None, stop=lambda: count >= samples)
+    if count < samples:
+        raise RuntimeError(f"30 simulated minutes gave {count} samples, wanted {samples}")
+    return records, count, fields
 
 
-def produce(settings: Settings, topic: str, records: list[Record]) -> None:
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, topic)
+def points_of(records: list[Record]) -> list[Point]:
+    """The samples as an influxdb-client user writes them: the same measurement, tags, fields, time."""
+    points = []
+    for _, value, _ in records:
+        batch = TelemetryBatch.model_validate_json(value)
+        for sample in batch.samples:
+            point = Point(sample.kind.value).tag("site", batch.site).tag("device", sample.device)
+            for tag in ("hall", "row", "rack"):
+                if (location := getattr(sample, tag)) is not None:
+                    point.tag(tag, location)
+            for name, number in sample.metrics.items():
+                point.field(name, number)
+            points.append(point.field("seq", sample.seq).time(sample.ts, WritePrecision.NS))
+    return points
+
+
+def baseline(settings: Settings, token: str, bucket: str, points: list[Point]) -> Result:
+    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=60_000,
+                        enable_gzip=True) as client:
+        write = client.write_api(write_options=SYNCHRONOUS)
+        started = time.perf_counter()
+        for i in range(0, len(points), BATCH_LINES):
+            write.write(bucket=bucket, record=points[i:i + BATCH_LINES])
+        return Result(len(points), time.perf_counter() - started)
+
+
+def ceiling(settings: Settings, token: str, bucket: str, records: list[Record]) -> Result:
+    convert = raw_lines(settings)
+    lines = [line for _, value, _ in records for line in convert(value).lines]
+    bodies = [gzip.compress(b"\n".join(lines[i:i + BATCH_LINES]), 1) for i in range(0, len(lines), BATCH_LINES)]
+    # The client's own gzip stays off: the bodies are compressed already.
+    with InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=60_000) as client:
+        service = WriteService(client.api_client)
+        started = time.perf_counter()
+        for body in bodies:
+            service.post_write(org=settings.influx.org, bucket=bucket, body=body, precision=WritePrecision.NS,
+                               content_encoding="gzip", content_type="text/plain; charset=utf-8")
+        return Result(len(lines), time.perf_counter() - started)
+
+
+def produce(settings: Settings, records: list[Record]) -> None:
+    publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry_valid)
     for key, value, ts_ms in records:
         publisher.publish_raw(key, value, ts_ms)
     publisher.close()
@@ -96,29 +137,17 @@ def produce(settings: Settings, topic: str, records: list[Record]) -> None:
         raise RuntimeError(f"produce failures: {dict(publisher.failures)}, sent {publisher.sent}/{len(records)}")
 
 
-def baseline(url: str, token: str, org: str, bucket: str, points: list[Point], fields: int) -> Result:
-    """influxdb-client on its own: the same Points, SYNCHRONOUS, gzip, batches of BATCH."""
-    with InfluxDBClient(url=url, token=token, org=org, timeout=30_000, enable_gzip=True) as client:
-        write = client.write_api(write_options=SYNCHRONOUS)
-        started = time.perf_counter()
-        for i in range(0, len(points), BATCH):
-            write.write(bucket=bucket, org=org, record=points[i:i + BATCH])
-        wall = time.perf_counter() - started
-        write.close()
-    return Result(len(points), fields, wall, batches=-(-len(points) // BATCH))
-
-
-def run_sink(settings: Settings, token: str, topic: str, bucket: str, count: int, fields: int,
-             profile_top: int, timeout_s: float) -> tuple[Result, KafkaToInflux]:
-    """KafkaToInflux in its own thread, as `dcpulse sink` runs it; timed until N are written."""
-    sink = KafkaToInflux(settings, InfluxWriter(settings.influx.url, token, settings.influx.org), name="bench",
-                         topics=[topic], bucket=bucket, to_point=raw_telemetry_point(settings))
+def run_sink(settings: Settings, token: str, bucket: str, count: int, profile_top: int,
+             timeout_s: float) -> tuple[Result, Sink, float]:
+    """The raw sink in its own thread, as `dcpulse sink` runs it; timed until `count` lines are
+    acknowledged. Also returns the time to the first acknowledged batch (group join, first fetch)."""
+    sink = kafka_sink(settings, InfluxWriter(settings.influx.url, token, settings.influx.org), name="bench",
+                      topics=[settings.topics.telemetry_valid], bucket=bucket, convert=raw_lines(settings))
     profiler = cProfile.Profile() if profile_top else None
     failure: list[BaseException] = []
 
     def target() -> None:
-        # cProfile only sees the thread that enabled it, so enable it inside the sink's thread.
-        if profiler:
+        if profiler:  # cProfile only sees the thread that enabled it
             profiler.enable()
         try:
             sink.run()
@@ -141,9 +170,8 @@ def run_sink(settings: Settings, token: str, topic: str, bucket: str, count: int
                 raise RuntimeError(f"sink stopped after {sink.stats.written}/{count} points: {failure or 'no error'}")
             if now - started > timeout_s:
                 raise RuntimeError(f"sink wrote {sink.stats.written}/{count} points in {timeout_s:.0f} s")
-            time.sleep(0.005)  # a short nap: keeps the GIL with the sink, adds at most 5 ms
+            time.sleep(0.005)  # a short nap: leaves the GIL to the sink, adds at most 5 ms
         wall = time.perf_counter() - started
-        first_write = first_write or wall  # N fitted in the first batch
     finally:
         sink.stopping.set()
         thread.join(timeout=60)
@@ -153,83 +181,72 @@ def run_sink(settings: Settings, token: str, topic: str, bucket: str, count: int
         stats.sort_stats("tottime").print_stats(profile_top)
         stats.sort_stats("cumulative").print_stats(profile_top)
         print(out.getvalue())
-    return Result(sink.stats.written, fields, wall, sink.stats.batches, first_write), sink
+    return Result(sink.stats.written, wall), sink, first_write or wall
 
 
-def stored_points(client: InfluxDBClient, bucket: str) -> int:
+@contextmanager
+def buckets(client: InfluxDBClient, org: str, names: list[str]) -> Iterator[None]:
+    """Extra fresh buckets, deleted at the end."""
+    created = [client.buckets_api().create_bucket(bucket_name=name, org=org) for name in names]
+    try:
+        yield
+    finally:
+        for bucket in created:
+            client.buckets_api().delete_bucket(bucket)
+
+
+def stored(client: InfluxDBClient, bucket: str) -> int:
     """Distinct (series, time) points in a bucket: every point has exactly one `seq` field."""
     tables = client.query_api().query(sample_count_query(bucket, utc_now() - timedelta(hours=2)))
     return sum(int(row.get_value()) for table in tables for row in table.records)
 
 
-@contextmanager
-def scratch(settings: Settings, token: str, buckets: list[str], topic: str) -> Iterator[InfluxDBClient]:
-    """Fresh buckets (raw retention, like dcpulse_raw) and a fresh topic; all deleted at the end,
-    with the sink's consumer group, whatever happened in between."""
-    client = InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=60_000)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-    created = []
-    try:
-        retention = BucketRetentionRules(type="expire", every_seconds=settings.influx.buckets.raw_retention_hours * 3600)
-        for name in buckets:
-            created.append(client.buckets_api().create_bucket(bucket_name=name, retention_rules=retention,
-                                                              org=settings.influx.org))
-        admin.create_topics([NewTopic(topic, settings.topics.telemetry_partitions, 1)])
-        yield client
-    finally:
-        for bucket in created:
-            client.buckets_api().delete_bucket(bucket)
-        try:
-            admin.delete_topics([topic])
-            # Its offsets only point at the deleted topic; a missing group is reported, not raised.
-            admin.delete_groups(["dcpulse-sink-bench"])
-        finally:
-            admin.close()
-            client.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=100_000, help="telemetry records (N)")
+    parser.add_argument("--samples", type=int, default=200_000, help="telemetry samples (N), in whole batches")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="run the sink under cProfile and print its K most expensive functions")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up on the sink after this many s")
+    parser.add_argument("--timeout", type=float, default=300.0, help="give up on the sink after this many s")
     args = parser.parse_args()
-    settings = Settings()
-    services = LocalServices(settings)
+    base = Settings()
+    services = LocalServices(base)
     services.up(lambda _m: None)
     token = services.credentials().admin_token
-    org = settings.influx.org
 
-    records = generate(args.records)
-    # Converted before the timed baseline: the baseline measures the writes alone.
-    events = [Telemetry.from_bytes(value) for _, value, _ in records]
-    points = [telemetry_point(event) for event in events]
-    fields = sum(len(event.metrics) + 1 for event in events)  # metrics + seq
-    mean_bytes = sum(len(value) for _, value, _ in records) / len(records)
-    del events
+    records, n, fields = generate(args.samples)
+    points = points_of(records)  # built before the timed baseline: it measures the writes alone
+    with sandbox(base, token, "bench-sink") as settings, \
+            InfluxDBClient(url=settings.influx.url, token=token, org=settings.influx.org, timeout=60_000) as client:
+        raw = settings.influx.buckets.raw
+        extra = [f"{raw}_baseline", f"{raw}_ceiling"]
+        with buckets(client, settings.influx.org, extra):
+            produce(settings, records)
+            # The sink last: InfluxDB's background work on the earlier buckets (snapshots,
+            # compactions) then weighs on the sink, not on what it is compared with.
+            ceiling_result = ceiling(settings, token, extra[1], records)
+            base_result = baseline(settings, token, extra[0], points)
+            del points
+            ours, sink, first_write_s = run_sink(settings, token, raw, n, args.profile, args.timeout)
+            counts = [stored(client, bucket) for bucket in (raw, *extra)]
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        try:
+            admin.delete_groups([settings.topics.group("sink-bench")])  # the sandbox deletes topics, not groups
+        finally:
+            admin.close()
 
-    run_id = uuid.uuid4().hex[:8]
-    base_bucket, sink_bucket, topic = f"bench_{run_id}_baseline", f"bench_{run_id}_sink", f"bench.sink.{run_id}"
-    with scratch(settings, token, [base_bucket, sink_bucket], topic) as client:
-        produce(settings, topic, records)
-        base = baseline(settings.influx.url, token, org, base_bucket, points, fields)
-        del points
-        ours, sink = run_sink(settings, token, topic, sink_bucket, args.records, fields, args.profile, args.timeout)
-        stored = (stored_points(client, base_bucket), stored_points(client, sink_bucket))
-
-    n = args.records
-    print(f"records: {n:,} hengqin samples, mean {mean_bytes:.0f} B, {fields / n:.1f} fields per point "
-          f"(server samples ~40); points stored: baseline {stored[0]:,}, sink {stored[1]:,}")
-    print(f"baseline influxdb-client SYNCHRONOUS+gzip, batches of {BATCH:,}: {n:,} points in {base.wall_s:.2f} s = "
-          f"{base.points_per_s:,.0f} points/s, {base.fields_per_s:,.0f} field values/s")
-    print(f"sink KafkaToInflux (consume, validate, build, write, commit): {ours.points:,} points in {ours.wall_s:.2f} s"
-          f" = {ours.points_per_s:,.0f} points/s, {ours.fields_per_s:,.0f} field values/s; {ours.batches} batches, "
-          f"mean batch {ours.points / max(ours.batches, 1):,.0f} points; first batch written after "
-          f"{ours.first_write_s:.2f} s; dead-lettered {dict(sink.stats.dead_lettered)}, "
-          f"write retries {sink.stats.write_retries}")
-    print(f"ratio sink / baseline: {ours.points_per_s / base.points_per_s:.2f} (target >= 0.7)"
-          + (" [sink profiled: its figures are inflated]" if args.profile else ""))
+    print(f"samples: {n:,} hengqin samples in {len(records):,} batches ({n / len(records):.1f} per batch), "
+          f"{fields / n:.1f} fields per point; points stored: sink {counts[0]:,}, baseline {counts[1]:,}, "
+          f"ceiling {counts[2]:,}")
+    print(f"(a) sink (fetch, parse, build lines, gzip, write, commit): {ours.points:,} points in {ours.wall_s:.2f} s = "
+          f"{ours.per_s:,.0f} points/s, {fields / ours.wall_s:,.0f} field values/s; {sink.stats.batches} batches, "
+          f"first acknowledged after {first_write_s:.2f} s; dead-lettered {dict(sink.dead_letters.counts)}, "
+          f"retries {sink.retry.retries}" + (" [profiled: inflated]" if args.profile else ""))
+    print(f"(b) baseline influxdb-client Points, SYNCHRONOUS, gzip, batches of {BATCH_LINES:,}: "
+          f"{base_result.wall_s:.2f} s = {base_result.per_s:,.0f} points/s")
+    print(f"(c) ceiling influxd, pre-built gzip line protocol, {BATCH_LINES:,}-line bodies: "
+          f"{ceiling_result.wall_s:.2f} s = {ceiling_result.per_s:,.0f} points/s")
+    print(f"ratios: sink / baseline {ours.per_s / base_result.per_s:.2f} (target >= 1.5), "
+          f"sink / ceiling {ours.per_s / ceiling_result.per_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ class Sink:
         self.retry = Retry(self.stopping, self._idle, sink=name)
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sink-{name}-write")
         self._in_flight: tuple[Batch, Future[None]] | None = None
+        # How many records to poll for the lines a batch still misses; until records tell, ask for 100.
+        self._lines_per_record = batch_lines / 100
         self._next_report = time.monotonic() + REPORT_EVERY_S
 
     def run(self) -> None:
@@ -125,11 +127,14 @@ class Sink:
             timeout_ms = int((deadline - time.monotonic()) * 1000)
             if timeout_ms <= 0:
                 break
-            for partition, records in self.consumer.poll(timeout_ms=timeout_ms).items():
+            wanted = max(1, round((self.batch_lines - len(batch.lines)) / self._lines_per_record))
+            for partition, records in self.consumer.poll(timeout_ms=timeout_ms, max_records=wanted).items():
                 for record in records:
                     self._add(batch, record)
                 batch.offsets[partition] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
                 batch.records += len(records)
+            if batch.lines:
+                self._lines_per_record = len(batch.lines) / batch.records
         return batch
 
     def _add(self, batch: Batch, record: ConsumerRecord) -> None:

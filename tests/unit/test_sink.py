@@ -39,7 +39,7 @@ class FakeConsumer:
         self.closed = False
         self._paused: set[TopicPartition] = set()
 
-    def poll(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+    def poll(self, timeout_ms: int, max_records: int | None = None) -> dict[TopicPartition, list[ConsumerRecord]]:
         if self.records and PARTITION not in self._paused:
             records, self.records = self.records, []
             return {PARTITION: records}
