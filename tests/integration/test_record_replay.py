@@ -1,4 +1,6 @@
-"""Record a topic to a file and replay it into another topic, on the real broker."""
+"""Record a topic to a file and replay it into another topic, on the real broker: any records,
+simulated v2 telemetry (watermarks once per partition, whatever the partition count) and v1
+recordings (converted), each replay exactly its `replay_plan`."""
 
 from __future__ import annotations
 
@@ -6,8 +8,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+
+import orjson
 
 import pytest
 from click.testing import CliRunner
@@ -15,14 +20,20 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from dcpulse.cli import main
+from dcpulse.contract import TELEMETRY_V1_SCHEMA, TelemetryBatch, Watermark
+from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import (
     RecordedMessage,
     iter_recording,
     read_header,
     record,
     replay,
+    replay_plan,
     write_recording,
 )
+from dcpulse.producers.run import run_scenario
+from dcpulse.producers.scenario_args import build_scenario
+from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 
@@ -48,6 +59,25 @@ def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, st
         yield names
     finally:
         admin.delete_topics(list(names.values()))
+        admin.close()
+
+
+@pytest.fixture()
+def make_topic(services: LocalServices, settings: Settings) -> Iterator[Callable[[str, int], str]]:
+    """Fresh topics with a chosen partition count, deleted afterwards."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
+    made: list[str] = []
+
+    def make(role: str, partitions: int) -> str:
+        name = f"dcpulse-test.{role}.{uuid.uuid4().hex[:10]}"
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        made.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        admin.delete_topics(made)
         admin.close()
 
 
@@ -287,3 +317,93 @@ def test_cli_reports_bad_input_clearly(topics: dict[str, str], tmp_path: Path) -
     no_dest = runner.invoke(main, ["replay", str(path), "--speed", "max", "--topic-map",
                                    f"a=no-such-topic-{uuid.uuid4().hex[:8]}"])
     assert no_dest.exit_code == 1 and "do not exist" in no_dest.output
+
+
+def _per_partition(records: list) -> dict[int, list[tuple]]:
+    """partition -> [(timestamp, key, value)] from replay_plan tuples or consumed messages."""
+    out: dict[int, list[tuple]] = defaultdict(list)
+    for partition, ts, key, value in records:
+        out[partition].append((ts, key, value))
+    return dict(out)
+
+
+def _consumed(settings: Settings, topic: str, expected: int) -> dict[int, list[tuple]]:
+    return _per_partition([(m.partition, m.timestamp, m.key, m.value)
+                           for m in _consume_all(settings, topic, expected)])
+
+
+def test_simulated_telemetry_replays_exactly_its_plan_into_any_partition_count(
+    make_topic: Callable[[str, int], str], settings: Settings, tmp_path: Path
+) -> None:
+    source = make_topic("sim-src", PARTITIONS)
+    sim = ScenarioSimulator(build_scenario(["small", "pengcheng"], None, [], 7, None))
+    publisher = TelemetryPublisher(settings.kafka.bootstrap, source)
+    stats = run_scenario(sim, 60, None, publisher.publish_raw, publisher.broadcast)
+    publisher.close()
+    assert not publisher.failures
+    records = stats.messages + stats.watermarks * PARTITIONS
+    path = tmp_path / "sim.jsonl.gz"
+    assert record(settings.kafka.bootstrap, [source], path, idle_timeout_s=3.0).records == records
+    live = _consumed(settings, source, records)
+
+    same = make_topic("sim-same", PARTITIONS)
+    result = replay(settings.kafka.bootstrap, path, speed=None, topic_map={source: same})
+    assert result.failed == 0 and result.delivered == records
+    assert result.watermarks == stats.watermarks and result.converted == 0
+    replayed = _consumed(settings, same, records)
+    assert replayed == _per_partition(replay_plan(path, PARTITIONS))
+    assert replayed == live  # the live order, partition by partition
+
+    wide = make_topic("sim-wide", 5)
+    result = replay(settings.kafka.bootstrap, path, speed=None, topic_map={source: wide})
+    expected = stats.messages + stats.watermarks * 5
+    assert result.failed == 0 and result.delivered == expected
+    replayed = _consumed(settings, wide, expected)
+    assert replayed == _per_partition(replay_plan(path, 5))
+    for sequence in replayed.values():
+        marks = [(Watermark.model_validate_json(v).site, ts) for ts, k, v in sequence if k.endswith(b"/~watermark")]
+        assert len(marks) == len(set(marks)) == stats.watermarks  # every watermark, once, on every partition
+
+
+def _v1(site: str, device: str, ts_ms: int, **location: str) -> bytes:
+    ts = datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return orjson.dumps({"schema": TELEMETRY_V1_SCHEMA, "site": site, **location, "device": device,
+                         "kind": "pdu" if "rack" in location else "ups", "seq": ts_ms // 10_000 % 1000,
+                         "ts": ts, "metrics": {"power_kw": 42.5}})
+
+
+def test_a_v1_recording_is_converted_on_replay(
+    make_topic: Callable[[str, int], str], settings: Settings, tmp_path: Path
+) -> None:
+    base = int(time.time() * 1000) // 10_000 * 10_000 - 600_000
+    messages = []
+    for tick in range(4):
+        t = base + tick * 10_000
+        for site, partition in (("alpha", 0), ("beta", 1)):
+            messages += [
+                RecordedMessage("raw.v1", partition, len(messages), t, site.encode(),
+                                _v1(site, f"pdu-{site}-k1", t + 120, hall="h1", row="h1-r01", rack=f"{site}-k1")),
+                RecordedMessage("raw.v1", partition, len(messages) + 1, t, site.encode(),
+                                _v1(site, "ups-h1", t + 480, hall="h1")),
+            ]
+    messages.append(RecordedMessage("raw.v1", 0, len(messages), base + 35_000, b"alpha", b"\x00 not telemetry"))
+    path = tmp_path / "v1.jsonl.gz"
+    write_recording(path, ["raw.v1"], messages)
+    dest = make_topic("v1-dst", 4)
+
+    replayed = CliRunner().invoke(main, ["replay", str(path), "--speed", "max", "--topic-map", f"raw.v1={dest}"])
+    assert replayed.exit_code == 0, replayed.output
+    sends = 16 + 1 + 2 * 3 * 4  # converted, passed through, 3 synthesised watermarks per site x 4 partitions
+    assert f"{sends} of {sends} records delivered" in replayed.output
+    assert "16 v1 records converted; 6 watermarks" in replayed.output
+    got = _consumed(settings, dest, sends)
+    assert got == _per_partition(replay_plan(path, 4))
+    values = [(k, v) for sequence in got.values() for _, k, v in sequence]
+    assert (b"alpha", b"\x00 not telemetry") in values
+    batches = [TelemetryBatch.model_validate_json(v) for k, v in values if b"/" in k and not k.endswith(b"/~watermark")]
+    assert len(batches) == 16 and all(len(b.samples) == 1 for b in batches)
+    assert {b.agent for b in batches} == {"rack-alpha-k1", "rack-beta-k1", "hall-h1"}
+    for sequence in got.values():
+        marks = [Watermark.model_validate_json(v) for _, k, v in sequence if k.endswith(b"/~watermark")]
+        assert sorted((m.site, m.ts.timestamp() * 1000) for m in marks) == sorted(
+            (site, base + tick * 10_000 - 1_000) for site in ("alpha", "beta") for tick in (1, 2, 3))

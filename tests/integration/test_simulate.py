@@ -7,66 +7,93 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections import Counter, defaultdict
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from dcpulse.contract import Telemetry
+from dcpulse.contract import TelemetryBatch, Watermark, agent_key, watermark_key
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
-from dcpulse.streams.validation import validate
 
 pytestmark = pytest.mark.integration
+PARTITIONS = 3
+SMALL_DEVICES = 33  # 16 servers + 4 PDUs + UPS + 2 CDUs + 2 leak sensors + 2 CRAHs + 6 site plant
+SMALL_AGENTS = 6  # facility, hall-h1, 4 racks
 
 
 @pytest.fixture()
 def fresh_topic(services: LocalServices, settings: Settings):
     name = f"test.simulate.{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
-    admin.create_topics([NewTopic(name, 3, 1)])
+    admin.create_topics([NewTopic(name, PARTITIONS, 1)])
     yield name
     admin.delete_topics([name])
     admin.close()
 
 
-def _simulate(topic: str, *args: str) -> tuple[int, str]:
+def _simulate(topic: str, *args: str) -> tuple[dict[str, int], str]:
     out = subprocess.run(
         [sys.executable, "-m", "dcpulse.cli", "simulate", "--preset", "small", "--speed", "max", "--topic", topic,
          "--start", "2026-07-01T00:00:00Z", *args],
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
-    match = re.search(r"stream sha256 ([0-9a-f]{64})\s+\(([\d,]+) messages", out)
+    match = re.search(r"stream sha256 ([0-9a-f]{64})\s+\(([\d,]+) messages, ([\d,]+) samples, ([\d,]+) watermarks", out)
     assert match, out
-    return int(match.group(2).replace(",", "")), match.group(1)
+    counts = [int(match.group(i).replace(",", "")) for i in (2, 3, 4)]
+    return dict(zip(("messages", "samples", "watermarks"), counts, strict=True)), match.group(1)
+
+
+def _read_all(settings: Settings, topic: str) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                             consumer_timeout_ms=5000)
+    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    seen = list(consumer)
+    consumer.close()
+    return seen
 
 
 def test_simulate_small_five_minutes_is_all_in_kafka(fresh_topic: str, settings: Settings) -> None:
-    count, digest = _simulate(fresh_topic, "--duration", "5m", "--fault", "cdu_pump_failure@1m+2m")
-    assert count == 30 * 33  # 30 ticks x (16 servers + 4 PDUs + UPS + 2 CDUs + 2 leak + 2 CRAH + 6 site)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=5000)
-    partitions = [TopicPartition(fresh_topic, p) for p in range(3)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    seen = [message for message in consumer]
-    consumer.close()
-    assert len(seen) == count
-    events = [validate(m.value) for m in seen]
-    assert all(isinstance(e, Telemetry) for e in events)
-    assert all(m.key == e.key.encode() for m, e in zip(seen, events, strict=True))
+    counts, _ = _simulate(fresh_topic, "--duration", "5m", "--fault", "cdu_pump_failure@1m+2m",
+                          "--fault", "sensor_dropout:small:h1-r01-k01-s02@1m+1m")
+    assert counts == {"messages": 30 * SMALL_AGENTS, "samples": 30 * SMALL_DEVICES - 6, "watermarks": 30}
+    seen = _read_all(settings, fresh_topic)
+    assert len(seen) == counts["messages"] + counts["watermarks"] * PARTITIONS
+    mark_key = watermark_key("small").encode()
+    batches = [(m, TelemetryBatch.model_validate_json(m.value)) for m in seen if m.key != mark_key]
+    assert len(batches) == counts["messages"]
+    assert all(m.key == agent_key(b.site, b.agent).encode() for m, b in batches)
+    assert sum(len(b.samples) for _, b in batches) == counts["samples"]
+    assert Counter(b.agent for _, b in batches)["rack-h1-r01-k01"] == 30
+    # Every partition holds every watermark, in tick order, each after that tick's batches there.
+    by_partition: dict[int, list] = defaultdict(list)
+    for message in seen:
+        by_partition[message.partition].append(message)
+    assert sorted(by_partition) == list(range(PARTITIONS))
+    ticks = sorted({m.timestamp for m, _ in batches})
+    for records in by_partition.values():
+        marks = [(i, m) for i, m in enumerate(records) if m.key == mark_key]
+        assert [m.timestamp for _, m in marks] == ticks
+        for i, m in marks:
+            mark = Watermark.model_validate_json(m.value)
+            assert mark.ts.timestamp() * 1000 == m.timestamp + 9_000
+            assert all(r.timestamp <= m.timestamp for r in records[:i])
+            assert all(r.timestamp > m.timestamp for r in records[i + 1:] if r.key != mark_key)
 
 
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed (./run installs it with apt-get)")
 def test_kcat_reads_what_the_simulator_published(fresh_topic: str, settings: Settings) -> None:
-    count, _ = _simulate(fresh_topic, "--duration", "1m")
+    counts, _ = _simulate(fresh_topic, "--duration", "1m")
     out = subprocess.run(["kcat", "-b", settings.kafka.bootstrap, "-C", "-t", fresh_topic, "-e", "-q",
                           "-f", "%k\t%s\n"], capture_output=True, text=True, timeout=60, check=True).stdout
     lines = out.splitlines()
-    assert len(lines) == count
-    key, value = lines[0].split("\t", 1)
-    event = Telemetry.model_validate_json(value)
-    assert key == event.key and event.site == "small"
+    assert len(lines) == counts["messages"] + counts["watermarks"] * PARTITIONS
+    batches = [TelemetryBatch.model_validate_json(value) for key, value in (line.split("\t", 1) for line in lines)
+               if key != watermark_key("small")]
+    assert len(batches) == counts["messages"] and {b.site for b in batches} == {"small"}
 
 
 def test_same_seed_same_hash_through_the_cli(fresh_topic: str) -> None:
