@@ -294,22 +294,24 @@ class SiteAgents:
 
     def _malformed(self, out: list[Message], count: int, t_ms: int) -> None:
         """Bad input for the validation stage, one kind after another: records that are not a
-        batch at all (dead-lettered whole), and a bad sample added to one of this tick's good
-        batches (dead-lettered alone while its siblings go on; each goes to the next batch)."""
+        batch document (dead-lettered whole: garbage, truncated JSON, a NaN literal, which JSON
+        does not allow, a missing field, oversize), and a bad sample added to one of this tick's
+        good batches (dead-lettered alone while its siblings go on; each goes to the next batch)."""
         probe = {"device": "malformed-probe", "kind": "facility_meter", "seq": 0, "ts": self.iso(t_ms),
                  "metrics": {"power_kw": 1.0}}
         batch = {"schema": TELEMETRY_SCHEMA, "site": self.site.name, "agent": FACILITY_AGENT, "samples": [probe]}
         # (whole record?, bytes): the two classes alternate.
         variants: list[tuple[bool, Callable[[], bytes]]] = [
             (True, lambda: b"\x00\xffnot json at all"),
-            (False, lambda: orjson.dumps(probe).replace(b'"power_kw":1.0', b'"power_kw":NaN')),
-            (True, lambda: orjson.dumps(batch)[:-7]),
             (False, lambda: orjson.dumps({**probe, "seq": "seven"})),
-            (True, lambda: orjson.dumps({k: v for k, v in batch.items() if k != "samples"})),
+            (True, lambda: orjson.dumps(batch)[:-7]),
             (False, lambda: orjson.dumps({**probe, "metrics": {"power_kw": -1.0e9}})),
+            (True, lambda: orjson.dumps(batch).replace(b'"power_kw":1.0', b'"power_kw":NaN')),
+            (False, lambda: orjson.dumps({k: v for k, v in probe.items() if k != "ts"})),
+            (True, lambda: orjson.dumps({k: v for k, v in batch.items() if k != "samples"})),
+            (False, lambda: orjson.dumps({**probe, "firmware": "1.2"})),
             (True, lambda: orjson.dumps({**batch, "samples": [{**probe, "metrics": {
                 f"m{i:06d}": float(i) for i in range(MAX_MESSAGE_BYTES // 12)}}]})),
-            (False, lambda: orjson.dumps({k: v for k, v in probe.items() if k != "ts"})),
         ]
         key = agent_key(self.site.name, FACILITY_AGENT).encode()
         good, injected = len(out), 0

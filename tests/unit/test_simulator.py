@@ -181,16 +181,15 @@ def test_a_batch_whose_devices_all_drop_out_is_not_sent() -> None:
 
 
 def test_malformed_fault_sends_bad_records_and_good_batches_with_one_bad_sample() -> None:
-    sim = ScenarioSimulator(build_scenario(["small"], None, ["malformed@0s+60s=8"], 7, None))
-    topic = InMemoryTopic(PARTITIONS)
-    stats = run_scenario(sim, 60, None, topic.publish_raw, topic.broadcast)
+    topic, stats = publish(["malformed@0s+60s=9"], seconds=60)
     whole, one_bad = [], []
     for _, _, key, value in topic.records:
         if key.endswith(b"/~watermark"):
             continue
         try:
-            envelope = BatchEnvelope.model_validate_json(value)
-        except ValidationError:
+            envelope = BatchEnvelope.model_validate_json(value)  # NaN is the one thing it lets through
+            orjson.loads(value)
+        except (ValidationError, orjson.JSONDecodeError):
             whole.append(value)
             continue
         if len(value) > MAX_MESSAGE_BYTES:
@@ -205,14 +204,14 @@ def test_malformed_fault_sends_bad_records_and_good_batches_with_one_bad_sample(
                 bad.append(sample)
         if bad:
             one_bad.append((envelope.agent, bad))
-    # Ticks at 10..50 s, 8 per tick, the two classes alternating.
-    assert len(whole) == 5 * 4
+    # Ticks at 10..50 s, 9 per tick: 5 not-a-batch records, 4 bad samples in good batches.
+    assert len(whole) == 5 * 5
     assert sum(v == b"\x00\xffnot json at all" for v in whole) == 5
+    assert sum(b"NaN" in v for v in whole) == 5
     assert sum(len(v) > MAX_MESSAGE_BYTES for v in whole) == 5
     assert len(one_bad) == 5 * 4 and all(len(bad) == 1 for _, bad in one_bad)
-    per_tick = [agent for agent, _ in one_bad[:4]]
-    assert per_tick == SMALL_AGENTS[:4]  # a different good batch each
-    assert stats.messages == 5 * (len(SMALL_AGENTS) + 4) + len(SMALL_AGENTS)  # the tick at 60 s is past the fault
+    assert [agent for agent, _ in one_bad[:4]] == SMALL_AGENTS[:4]  # a different good batch each
+    assert stats.messages == 5 * (len(SMALL_AGENTS) + 5) + len(SMALL_AGENTS)  # the tick at 60 s is past the fault
     assert stats.samples == 6 * SMALL_DEVICES  # only device samples count
 
 
