@@ -1,6 +1,6 @@
 """Raw sink throughput against influxdb-client's Point loop and influxd's own ceiling, in one run.
 
-    .venv/bin/python benchmarks/bench_sink.py                   # 200,000 hengqin samples
+    .venv/bin/python benchmarks/bench_sink.py                   # 100,000 hengqin samples
     .venv/bin/python benchmarks/bench_sink.py --samples 30000 --profile 25
 
 1. The simulator (hengqin, seed 7, starting 30 minutes ago so every sample is inside the raw
@@ -203,7 +203,7 @@ def stored(client: InfluxDBClient, bucket: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=200_000, help="telemetry samples (N), in whole batches")
+    parser.add_argument("--samples", type=int, default=100_000, help="telemetry samples (N), in whole batches")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="run the sink under cProfile and print its K most expensive functions")
     parser.add_argument("--timeout", type=float, default=300.0, help="give up on the sink after this many s")

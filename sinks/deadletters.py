@@ -33,7 +33,7 @@ class _Letter:
 
 
 class DeadLetters:
-    def __init__(self, producer_factory: Callable[[], KafkaProducer], topic: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, producer_factory: Callable[[], KafkaProducer], topic: str, timeout_s: float = 10.0) -> None:
         self._new_producer = producer_factory
         self._producer = producer_factory()
         self._fresh_producer_needed = False

@@ -44,7 +44,8 @@ class Retry:
                 failure = exc
             if not self.stopping.is_set():
                 self.retries += 1
-                log.warning(f"{what} failed, retrying", sink=self.sink, error=str(failure)[:300], retry_in_s=delay)
+                log.warning("failed, retrying", action=what, sink=self.sink, error=str(failure)[:300],
+                            retry_in_s=delay)
                 self.idle(delay)  # returns early when the sink is stopping
             if self.stopping.is_set():
                 raise Interrupted(f"{what}: {failure!r}") from failure

@@ -23,8 +23,7 @@ from dcpulse.sinks.sink import Sink
 RETENTION_MARGIN = timedelta(minutes=5)  # do not race the retention boundary
 BATCH_LINES = 5000  # InfluxDB's recommended write batch
 # Fetch enough per poll to fill a batch: 5,000 lines of raw telemetry are about 3 MB of JSON.
-CONSUMER_CONFIG = {
-    "max_poll_records": 2000,
+CONSUMER_CONFIG: dict[str, int] = {
     "max_partition_fetch_bytes": 4 * 1024 * 1024,
     "fetch_max_bytes": 32 * 1024 * 1024,
     "fetch_min_bytes": 256 * 1024,

@@ -31,11 +31,12 @@ from dcpulse.deadletter import Rejection
 from dcpulse.log import get_logger
 from dcpulse.sinks.deadletters import DeadLetters
 from dcpulse.sinks.influx import InfluxWriter, WriteRejected
-from dcpulse.sinks.points import Convert, sample_json
+from dcpulse.sinks.points import Convert, Lines, Refused, sample_json
 from dcpulse.sinks.retry import Interrupted, Retry
 
 log = get_logger(__name__)
 REPORT_EVERY_S = 30.0
+KAFKA_TIMEOUT_MS = 10_000  # a commit or a group leave never blocks a stop for longer while Kafka is down
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Sink:
                         sink=self.name, reason=str(exc)[:300])
         finally:
             self._writes.shutdown(wait=True)
-            self.consumer.close(autocommit=False)
+            self.consumer.close(autocommit=False, timeout_ms=KAFKA_TIMEOUT_MS)
             self.dead_letters.close()
             self.writer.close()
             log.info("sink stopped", **self.counts())
@@ -138,7 +139,10 @@ class Sink:
         return batch
 
     def _add(self, batch: Batch, record: ConsumerRecord) -> None:
-        converted = self.convert(record.value or b"")
+        try:
+            converted = self.convert(record.value or b"")
+        except Exception as exc:  # noqa: BLE001 - a converter bug must not stop the sink on one record for ever
+            converted = Lines([], [], [Refused(Rejection("sink_error", repr(exc)[:1000]))])
         for refused in converted.refused:
             self.dead_letters.send(refused.rejection, record, refused.sample_index, refused.value)
         if converted.lines:
@@ -162,7 +166,8 @@ class Sink:
             self._write(batch, [everything])
         self.retry(self.dead_letters.confirm, "dead-letter send")
         try:
-            self.retry(partial(self.consumer.commit, batch.offsets), "offset commit", permanent=(CommitFailedError,))
+            self.retry(partial(self.consumer.commit, batch.offsets, timeout_ms=KAFKA_TIMEOUT_MS), "offset commit",
+                       permanent=(CommitFailedError,))
         except CommitFailedError as exc:
             # Partitions moved during a rebalance: their new owner redelivers; points are idempotent.
             log.warning("commit refused after a rebalance", sink=self.name, error=str(exc)[:300])

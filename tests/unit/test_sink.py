@@ -14,7 +14,7 @@ from kafka.structs import TopicPartition
 from dcpulse.contract import DeviceKind, Sample, TelemetryBatch
 from dcpulse.sinks.deadletters import DeadLetters
 from dcpulse.sinks.influx import WriteRejected
-from dcpulse.sinks.points import TelemetryLines
+from dcpulse.sinks.points import Convert, Lines, TelemetryLines
 from dcpulse.sinks.sink import Sink
 
 PARTITION = TopicPartition("valid", 0)
@@ -46,7 +46,7 @@ class FakeConsumer:
         time.sleep(min(timeout_ms, 10) / 1000)
         return {}
 
-    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+    def commit(self, offsets: dict[TopicPartition, Any], timeout_ms: int) -> None:
         self.commits.append(offsets)
 
     def assignment(self) -> set[TopicPartition]:
@@ -64,7 +64,7 @@ class FakeConsumer:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         raise AssertionError("nothing is assigned during these tests")
 
-    def close(self, autocommit: bool) -> None:
+    def close(self, autocommit: bool, timeout_ms: int) -> None:
         assert not autocommit
         self.closed = True
 
@@ -121,9 +121,9 @@ class FakeWriter:
 
 
 def make_sink(records: list[ConsumerRecord], writer: FakeWriter, failing: threading.Event,
-              letters: list[bytes]) -> tuple[Sink, FakeConsumer]:
+              letters: list[bytes], convert: Convert | None = None) -> tuple[Sink, FakeConsumer]:
     consumer = FakeConsumer(records)
-    convert = TelemetryLines(timedelta(hours=1), time.time_ns)
+    convert = convert or TelemetryLines(timedelta(hours=1), time.time_ns)
     dead_letters = DeadLetters(lambda: FakeProducer(failing, letters), "deadletter")  # type: ignore[arg-type,return-value]
     sink = Sink("test", consumer, writer, "raw", convert, dead_letters, batch_max_s=0.05)  # type: ignore[arg-type]
     sink.retry.first_s = sink.retry.cap_s = 0.02
@@ -186,3 +186,13 @@ def test_a_stop_while_influxdb_is_down_returns_promptly_without_commit(writer: F
     started = time.monotonic()
     run_until(sink, lambda: sink.retry.retries >= 3)
     assert time.monotonic() - started < 5 and consumer.commits == [] and consumer.closed and writer.calls >= 4
+
+
+def test_a_record_the_converter_fails_on_is_dead_lettered_and_the_sink_goes_on() -> None:
+    def convert(value: bytes) -> Lines:
+        raise RecursionError("a bug")
+
+    letters: list[bytes] = []
+    sink, consumer = make_sink([record(0, b"{}")], FakeWriter(), threading.Event(), letters, convert)
+    run_until(sink, lambda: consumer.commits)
+    assert [orjson.loads(letter)["reason"] for letter in letters] == ["sink_error"]
