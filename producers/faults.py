@@ -20,7 +20,7 @@ DEFAULT_MAGNITUDE = {
     "filter_clog": 1.5,  # extra differential pressure (x baseline) reached at the end
     "hot_spot": 10.0,  # K over the aisle
     "clock_skew": 120.0,  # seconds the agent's clock runs ahead
-    "malformed": 5.0,  # bad messages per tick
+    "malformed": 5.0,  # bad inputs per tick
 }
 CDU_FAULTS = {"cdu_pump_failure", "coolant_leak", "filter_clog"}
 
