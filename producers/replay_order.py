@@ -162,10 +162,10 @@ def plan_sends(messages: Iterable[RecordedMessage], partitions: Mapping[str, int
     seen_watermarks: set[tuple[str, str, datetime]] = set()
     v1_tick: dict[tuple[str, str], int] = {}
 
-    def broadcast(topic: str, key: bytes, value: bytes, timestamp_ms: int, offset: int) -> None:
+    def broadcast(m: RecordedMessage, key: bytes, value: bytes, headers: tuple, offset: int) -> None:
         plan.watermarks += 1
-        plan.sends.extend(PlannedSend(topic, p, timestamp_ms, key, value, (), offset)
-                          for p in range(partitioners[topic].partitions))
+        plan.sends.extend(PlannedSend(m.topic, p, m.timestamp_ms, key, value, headers, offset)
+                          for p in range(partitioners[m.topic].partitions))
 
     for m in merge_by_timestamp(messages):
         mark = _watermark(m)
@@ -175,7 +175,7 @@ def plan_sends(messages: Iterable[RecordedMessage], partitions: Mapping[str, int
                 plan.copies_skipped += 1
             else:
                 seen_watermarks.add(identity)
-                broadcast(m.topic, m.key, m.value, m.timestamp_ms, m.offset)
+                broadcast(m, m.key, m.value, m.headers, m.offset)
             continue
         key, value = m.key, m.value
         v1 = _v1_record(value)
@@ -186,8 +186,7 @@ def plan_sends(messages: Iterable[RecordedMessage], partitions: Mapping[str, int
             previous = v1_tick.get((m.topic, site))
             if m.timestamp_ms >= 0 and (previous is None or m.timestamp_ms > previous):
                 if previous is not None:
-                    broadcast(m.topic, watermark_key(site).encode(), synthesised_watermark(site, m.timestamp_ms),
-                              m.timestamp_ms, -1)
+                    broadcast(m, watermark_key(site).encode(), synthesised_watermark(site, m.timestamp_ms), (), -1)
                 v1_tick[(m.topic, site)] = m.timestamp_ms
         partitioner = partitioners[m.topic]
         partition = m.partition % partitioner.partitions if key is None else partitioner(key)

@@ -31,7 +31,7 @@ class RunStats:
     messages: int = 0  # agents' batches (and malformed records)
     samples: int = 0  # device samples in those batches
     watermarks: int = 0  # one per site and tick, each broadcast to every partition
-    bytes: int = 0
+    bytes: int = 0  # of the messages
     sim_s: float = 0.0
     wall_s: float = 0.0
     per_site: Counter[str] = field(default_factory=Counter)  # messages
@@ -87,16 +87,15 @@ def run_scenario(
         for tick in ticks:
             for key, value in tick.messages:
                 send(key, value, tick.t_ms)
-                digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+                _hash(digest, key, value)
                 stats.bytes += len(value)
             stats.messages += len(tick.messages)
             stats.samples += tick.samples
             stats.per_site[tick.site] += len(tick.messages)
             stats.per_site_samples[tick.site] += tick.samples
         for tick in ticks:
-            key, value = tick.watermark
-            broadcast(key, value, tick.t_ms)
-            digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+            broadcast(*tick.watermark, tick.t_ms)
+            _hash(digest, *tick.watermark)
             stats.watermarks += 1
         stats.sim_s = t_s
         now = time.monotonic()
@@ -109,6 +108,10 @@ def run_scenario(
     stats.wall_s = time.monotonic() - started
     stats.digest = digest.hexdigest()
     return stats
+
+
+def _hash(digest: hashlib._Hash, key: bytes, value: bytes) -> None:
+    digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
 
 
 def truths(sim: ScenarioSimulator) -> dict[str, SiteTruth]:
