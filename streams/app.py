@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import faust
 import orjson
@@ -94,7 +95,6 @@ def faust_app(app_id: str, settings: Settings) -> faust.App:
         producer_acks=-1,
         producer_compression_type="zstd",
         producer_linger=0.02,  # outputs and changelog writes go out in shared batches
-        producer_max_request_size=2 * 1024 * 1024,
     )
 
 
@@ -137,18 +137,20 @@ def create_app(settings: Settings) -> faust.App:
     partials_topic = app.topic(t.partials, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw")
     # Co-partitioned with their input topics: a partition's entries are written only while
-    # processing that partition (streams/state.py). Values are encoded buckets.
-    raw_table = app.Table("dcpulse-state", default=None, partitions=partitions, key_type=str, value_type=bytes,
+    # processing that partition (streams/state.py). Keys and values are raw bytes (bytes types).
+    raw_table = app.Table("dcpulse-state", default=None, partitions=partitions, key_type=bytes, value_type=bytes,
                           help="<raw partition>/<bucket> -> that partition's stage state")
-    site_table = app.Table("dcpulse-sites", default=None, partitions=t.derived_partitions, key_type=str,
+    site_table = app.Table("dcpulse-sites", default=None, partitions=t.derived_partitions, key_type=bytes,
                            value_type=bytes, help="<partials partition>/<bucket> -> the combiner's site states")
 
-    async def send(topic: str, key: bytes | None, value: bytes):
+    async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
 
-    def changelog(table):
-        async def send_changelog(partition: int, key: str, value: bytes):
-            return table.send_changelog(partition, key, value)
+    def changelog(table: Any) -> Any:
+        # Straight to the producer like every output, so its delivery can be awaited (the
+        # table's own send_soon goes through a buffer that stalls when awaited per message).
+        async def send_changelog(partition: int, key: bytes, value: bytes) -> Any:
+            return await app.producer.send(table.changelog_topic_name, key, value, partition, None, None)
         return send_changelog
 
     analyse_agent = CheckpointedAgent(

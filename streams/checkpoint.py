@@ -56,7 +56,7 @@ class CheckpointedAgent(Generic[StageT]):
                  make_stage: Callable[[int, PartitionState], StageT],
                  run: Callable[[StageT, Sequence[EventT], Counter[str]], list[Send]],
                  send: Callable[[str, bytes | None, bytes], Awaitable[Any]],
-                 send_changelog: Callable[[int, str, bytes], Awaitable[Any]],
+                 send_changelog: Callable[[int, bytes, bytes], Awaitable[Any]],
                  table_data: Any, max_backoff_s: float = 30.0) -> None:
         self.name = name
         self.buckets = buckets
@@ -109,7 +109,7 @@ class CheckpointedAgent(Generic[StageT]):
             stage, _ = self.stage(partition)
             sends.extend(self.run(stage, events, counts))
         await self._confirm([await self.send(topic, key, value) for topic, key, value in sends])
-        written: list[tuple[str, bytes]] = []
+        written: list[tuple[bytes, bytes]] = []
         futures = []
         for partition in by_partition:
             for key, value in self.stages[partition][1].dirty_buckets():

@@ -23,8 +23,9 @@ import orjson
 OFFSET_KEY = "offset"  # the last input offset whose outputs and state were checkpointed
 
 
-def bucket_key(partition: int, bucket: int) -> str:
-    return f"{partition}/{bucket}"
+def bucket_key(partition: int, bucket: int) -> bytes:
+    """A bucket's key in the table and its changelog (raw bytes, no serializer in between)."""
+    return b"%d/%d" % (partition, bucket)
 
 
 class PartitionState(MutableMapping[str, Any]):
@@ -67,7 +68,7 @@ class PartitionState(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._data)
 
-    def load(self, stored: Mapping[str, bytes | None]) -> int:
+    def load(self, stored: Mapping[bytes, bytes | None]) -> int:
         """Fill from the table's entries for this partition (after recovery); returns the number
         of buckets found. Nothing loaded counts as changed."""
         found = 0
@@ -81,7 +82,7 @@ class PartitionState(MutableMapping[str, Any]):
                 self._members[self._bucket(key)].add(key)
         return found
 
-    def dirty_buckets(self) -> list[tuple[str, bytes]]:
+    def dirty_buckets(self) -> list[tuple[bytes, bytes]]:
         """(table key, encoded bucket) for every bucket changed since the last call, then clean.
         An emptied bucket is written as `{}` so that the changelog forgets its keys too."""
         out = [(bucket_key(self.partition, b), self._encode(self._members[b])) for b in sorted(self._dirty)]
