@@ -18,7 +18,7 @@ Fields = dict[str, float | str]
 
 
 def window_label(ms: int) -> str:
-    return f"{ms // 3_600_000}h" if ms % 3_600_000 == 0 else f"{ms // 60_000}m"
+    return f"{ms // 3_600_000}h" if ms % 3_600_000 == 0 else f"{ms // 60_000}m" if ms % 60_000 == 0 else f"{ms // 1000}s"
 
 
 def point(measurement: str, tags: dict[str, str], fields: Fields, start_ms: int) -> AnalyticsPoint:

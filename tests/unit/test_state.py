@@ -1,16 +1,31 @@
+"""A partition's state in buckets (streams/state.py): only changed buckets are written, the
+state round-trips through them bit-exactly, and a stage restored from them carries on exactly as
+one that never stopped (a worker killed and restarted)."""
+
 import math
+from collections import Counter
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.stage import PartitionStage
-from dcpulse.streams.state import PartitionState, bucket_key
-from tests.unit.test_validation import event, us
+from dcpulse.streams.combine import SiteStage, decode_site_state, site_key
+from dcpulse.streams.eventtime import SiteClock
+from dcpulse.streams.stage import Outputs, PartitionStage, decode_state, new_state
+from dcpulse.streams.state import OFFSET_KEY, PartitionState, bucket_key
+from dcpulse.streams.windows import DeviceState, Gauges
+from tests.unit.test_stage import ToySite, make_stage
+
+
+def plain(partition: int = 0, buckets: int = 8) -> PartitionState:
+    return PartitionState(partition, buckets, lambda key, value: value)
 
 
 def test_only_changed_buckets_are_written_once_each() -> None:
-    state = PartitionState(3, buckets=8)
+    state = plain(3)
     assert state.dirty_buckets() == []
     for i in range(100):
         state[f"k{i}"] = [i, 0.1 * i]
@@ -26,43 +41,113 @@ def test_only_changed_buckets_are_written_once_each() -> None:
 
 
 def test_state_round_trips_through_its_buckets_and_deletes_reach_the_changelog() -> None:
-    state = PartitionState(0, buckets=4)
+    state = plain(0, 4)
     values = {"a": {"x": [1.0, 2.5e-17], "n": None}, "b": 0.1 + 0.2, "c": [[1.5, math.pi]], "d": "s"}
     state.update(values)
     table = dict(state.dirty_buckets())
     del state["d"]
     table.update(state.dirty_buckets())  # the emptied or shrunk bucket is rewritten
-    restored = PartitionState(0, buckets=4)
+    restored = plain(0, 4)
     assert restored.load(table) == len(table)
     assert dict(restored) == {k: v for k, v in values.items() if k != "d"}  # floats bit-exact
-    assert restored.dirty_buckets() == []
-    assert PartitionState(1, buckets=4).load(table) == 0  # another partition's entries are not ours
+    assert restored.dirty_buckets() == []  # loading is not a change
+    assert plain(1, 4).load(table) == 0  # another partition's entries are not ours
     with pytest.raises(ValueError):
-        PartitionState(0, buckets=0)
+        plain(0, 0)
 
 
-def test_stage_guards_offsets_and_rejects_records_keyed_other_than_by_site() -> None:
-    state: dict = {}
-    stage = PartitionStage("raw:0", 0, state, ValidationSettings(), AnalyticsSettings())
-    good = event(0, 0).to_bytes()
-    assert stage.handle(10, us(0), b"hengqin", good).outcome.site == "hengqin"  # type: ignore[union-attr]
-    assert stage.handle(10, us(0), b"hengqin", good).outcome is None  # redelivered offset: skipped
-    wrong = stage.handle(11, us(0.1), b"hengqin/pdu-1", event(1, 10).to_bytes()).outcome
-    assert wrong.reason == "wrong_key" and "site" in wrong.detail  # type: ignore[union-attr]
-    assert stage.handle(12, us(0.2), None, event(1, 10).to_bytes()).outcome.reason == "wrong_key"  # type: ignore[union-attr]
-    assert state["__partition__/0/offset"] == 12
+def test_an_emptied_bucket_is_written_as_an_empty_object() -> None:
+    state = plain(0, 1)
+    state["only"] = 1
+    state.dirty_buckets()
+    del state["only"]
+    assert state.dirty_buckets() == [(bucket_key(0, 0), b"{}")]
 
 
-def test_a_record_the_stage_fails_on_is_rejected_and_the_stage_goes_on(monkeypatch) -> None:
-    state: dict = {}
-    stage = PartitionStage("raw:0", 0, state, ValidationSettings(), AnalyticsSettings())
+def test_typed_values_are_stored_as_json_and_decoded_by_their_key() -> None:
+    state = new_state(2, 4)
+    device = DeviceState("pdu", "h1", "h1-k1", 3, 1_000, {"energy_kwh": [(0, 1.5), (10_000, 1.75)]}, {},
+                         {0: Gauges({"kw": 85.0}, {"kw": 2}, {}, {"rated_kw": 50.0})})
+    state["device/s1/pdu-h1-k1"] = device
+    state["clock/s1"] = SiteClock(9_000, 8_000, 0)
+    state["devices/s1"] = ["pdu-h1-k1"]
+    state[OFFSET_KEY] = 12
+    restored = new_state(2, 4)
+    restored.load(dict(state.dirty_buckets()))
+    assert dict(restored) == dict(state)
+    assert isinstance(restored["device/s1/pdu-h1-k1"], DeviceState)
+    assert isinstance(restored["clock/s1"], SiteClock)
 
-    def broken(src, event):
-        raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(stage.engine, "process", broken)
-    verdict = stage.handle(5, us(0), b"hengqin", event(0, 0).to_bytes())
-    assert verdict.outcome.reason == "stage_error" and "ZeroDivisionError" in verdict.outcome.detail  # type: ignore[union-attr]
-    assert stage.handle(5, us(0), b"hengqin", event(0, 0).to_bytes()).outcome is None  # handled once
-    monkeypatch.undo()
-    assert stage.handle(6, us(0.1), b"hengqin", event(1, 10).to_bytes()).outcome.seq == 1  # type: ignore[union-attr]
+finite = st.floats(allow_nan=False, allow_infinity=False)
+gauges = st.builds(Gauges, st.dictionaries(st.sampled_from(["kw", "acc_w", "cpu_w", "cpu_util"]), finite),
+                   st.dictionaries(st.sampled_from(["kw", "acc_w"]), st.integers(0, 100)),
+                   st.dictionaries(st.integers(0, 1000), st.integers(1, 100)),
+                   st.dictionaries(st.sampled_from(["rated_kw", "capacity_kw"]), finite))
+series = st.lists(st.tuples(st.integers(-2**50, 2**50), finite), max_size=5)
+devices = st.builds(DeviceState, st.sampled_from(["pdu", "server", "ups"]), st.none() | st.just("h1"),
+                    st.none() | st.just("h1-k1"), st.integers(-1, 2**62), st.integers(-2**50, 2**50),
+                    st.dictionaries(st.sampled_from(["energy_kwh", "input_energy_kwh"]), series),
+                    st.dictionaries(st.just("energy_kwh"), series),
+                    st.dictionaries(st.integers(0, 2**50), gauges, max_size=3))
+
+
+@given(devices)
+def test_device_state_round_trips_bit_exactly(device: DeviceState) -> None:
+    state = new_state(0, 2)
+    state["device/s/d"] = device
+    restored = new_state(0, 2)
+    restored.load(dict(state.dirty_buckets()))
+    assert restored["device/s/d"] == device
+
+
+def _outputs(out: Outputs) -> Any:
+    """What a stage produced, comparable (dead letters without their rejection time)."""
+    return ([(k, v) for k, v in out.valid], [(d.reason, d.sample_index, d.source_offset) for _, d in out.dead],
+            [p.to_bytes() for p in out.results], [orjson.dumps(p.to_json()) for p in out.partials])
+
+
+@pytest.mark.parametrize("checkpoint_after, committed", [(0, 0), (37, 20), (80, 80), (119, 60)])
+def test_a_stage_restored_from_its_checkpoint_carries_on_exactly(checkpoint_after: int, committed: int) -> None:
+    """A worker checkpoints its state after record `checkpoint_after` and is killed; Kafka had
+    committed only up to `committed`. The restarted stage loads the checkpoint and is handed the
+    records again from `committed + 1`: those its state has seen are skipped, the rest give the
+    same outputs, bit for bit, as a stage that never stopped."""
+    records = ToySite().records(40, lambda key: 0, 1)  # 40 ticks: 4 batches + 1 watermark each
+    assert len(records) == 200
+    steady = make_stage()
+    expected = []
+    for offset, (_, ts, key, value) in enumerate(records):
+        out = Outputs()
+        steady.handle(out, offset, ts, key, value)
+        expected.append(_outputs(out))
+
+    first = make_stage()
+    for offset, (_, ts, key, value) in enumerate(records[:checkpoint_after + 1]):
+        first.handle(Outputs(), offset, ts, key, value)
+    table = dict(first.state.dirty_buckets())
+
+    restored_state = new_state(0, first.state.buckets)
+    restored_state.load(table)
+    restarted = PartitionStage("raw", 0, 1, restored_state, ValidationSettings(), AnalyticsSettings())
+    for offset in range(committed + 1, len(records)):
+        _, ts, key, value = records[offset]
+        out = Outputs()
+        restarted.handle(out, offset, ts, key, value)
+        if offset <= checkpoint_after:
+            assert out.counts == {"redelivered": 1}
+        else:
+            assert _outputs(out) == expected[offset], offset
+    assert dict(restarted.state) == dict(steady.state)
+
+
+def test_the_combiners_state_decodes_by_key() -> None:
+    state = PartitionState(0, 4, decode_site_state)
+    stage = SiteStage(0, state, AnalyticsSettings())
+    stage.handle([], Counter(), 0, orjson.dumps(
+        {"schema": "dcpulse.partial/1", "site": "s1", "start_ms": 0, "window_ms": 60_000, "partition": 0,
+         "partitions": 2, "active": 0, "energies": {}, "compute_kwh": 0.0, "halls": {}}))
+    restored = PartitionState(0, 4, decode_site_state)
+    restored.load(dict(state.dirty_buckets()))
+    assert restored[site_key("s1")] == state[site_key("s1")] and restored[OFFSET_KEY] == 0
+    assert decode_state("offset", 5) == 5 and decode_state("devices/s1", ["a"]) == ["a"]
