@@ -85,7 +85,7 @@ class Sample(Contract):
     hall: Name | None = None
     row: Name | None = None
     rack: Name | None = None
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=2**63 - 1)
     ts: UtcDatetime = Field(description="Event time (UTC) from the agent's clock")
     metrics: dict[Name, FiniteFloat] = Field(min_length=1)
 

@@ -92,9 +92,9 @@ def combine_window(parts: list[SitePartial], state: SiteState, cfg: AnalyticsSet
     """A site's results for one window from all partitions' partials (in partition order)."""
     first = parts[0]
     site, start, window_ms = first.site, first.start_ms, first.window_ms
-    if not any(p.active for p in parts):
-        return []  # no device of the site reported in this window (e.g. across a gap)
     q = Quality(cfg.coverage_complete, cfg.coverage_usable)
+    if not any(p.active for p in parts):  # no device of the site reported in this window
+        return _rollups(site, state, {}, start + window_ms, window_ms, cfg, q)
     label = window_label(window_ms)
     halls = sorted({key.split("/", 1)[1] for p in parts for key in p.energies if "/" in key}
                    | {hall for p in parts for hall in p.halls})
@@ -222,8 +222,17 @@ class SiteStage:
             log.error("unreadable partial skipped", partition=self.partition, offset=offset, error=repr(exc))
         else:
             key = site_key(partial.site)
-            site = self.state.get(key) or SiteState()
-            points = add_partial(site, partial, self.cfg)
+            site: SiteState = self.state.get(key) or SiteState()
+            if site.next_start_ms is not None and partial.start_ms < site.next_start_ms:
+                counts["stale_partials"] += 1  # a redelivery: that window was combined already
+            before = site.to_json()
+            try:
+                points = add_partial(site, partial, self.cfg)
+            except Exception as exc:  # a bug must not stop every site's results: keep the state as it was
+                counts["combine_errors"] += 1
+                log.exception("partial could not be combined; skipped", site=partial.site, start_ms=partial.start_ms,
+                              partition=partial.partition, error=repr(exc))
+                site, points = SiteState.from_json(before), []
             counts["partials"] += 1
             counts["site_results"] += len(points)
             out.extend(points)

@@ -137,17 +137,18 @@ class PartitionStage:
             return verdict
         key = device_key(site, sample.device)
         device: DeviceState | None = self.state.get(key)
+        known = device is not None
         if device is None:
             device = new_device(sample)
-            names = self.state.get(devices_key(site)) or []
-            self.state[devices_key(site)] = sorted([*names, sample.device])
         elif sample.seq <= device.seq and ts <= device.ts_ms:
             return Rejection(DUPLICATE, f"seq {sample.seq} ts {iso_ms(ts)} is not newer than the last accepted "
                                         f"seq {device.seq} ts {iso_ms(device.ts_ms)}")
         device.seq, device.ts_ms = sample.seq, ts
-        if clock is None or ts >= clock.next_start_ms:
+        if clock is None or clock.next_start_ms is None or ts >= clock.next_start_ms:
             fold(device, ts, sample.metrics, self.window_ms)
         self.state[key] = device
+        if not known:  # listed only once stored, so a failure above cannot leave a dangling name
+            self.state[devices_key(site)] = sorted([*(self.state.get(devices_key(site)) or []), sample.device])
         return None
 
     def _watermark(self, out: Outputs, watermark: Watermark, offset: int, producer_ms: int | None,

@@ -219,9 +219,9 @@ ABSURD_LIMITS: tuple[tuple[str, float, float], ...] = (
     ("_w", 0.0, 200_000.0),          # power in W (servers, accelerators, fans)
     ("_kw", 0.0, 1_000_000.0),       # power in kW (PDUs, UPSs, meters, plant)
     ("_pct", 0.0, 100.0),            # percentages
-    ("flow_l_min", 0.0, math.inf),   # flows
-    ("volume_l", 0.0, math.inf),     # cumulative volumes
-    ("_bar", 0.0, math.inf),         # pressures and pressure differences
+    ("flow_l_min", 0.0, 1e7),        # flows (a hyperscale plant moves ~1e5 l/min)
+    ("volume_l", 0.0, 1e15),         # cumulative volumes
+    ("_bar", 0.0, 1e4),              # pressures and pressure differences
 )
 
 

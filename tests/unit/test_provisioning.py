@@ -152,6 +152,6 @@ def test_bucket_permissions_are_scoped_to_the_given_buckets() -> None:
 def test_topic_specs_follow_settings() -> None:
     s = Settings().topics.model_copy(update={"telemetry_partitions": 4, "telemetry_retention_hours": 2})
     specs = {spec.name: spec for spec in topic_specs(s)}
-    raw = specs["dcpulse.telemetry.v1"]
+    raw = specs["dcpulse.telemetry.v2"]
     assert raw.partitions == 4 and raw.configs()["retention.ms"] == str(2 * 3_600_000)
-    assert all(name.startswith("dcpulse.") and name.endswith(".v1") for name in specs)
+    assert all(name.startswith("dcpulse.") and name[-3:] in (".v1", ".v2") for name in specs)

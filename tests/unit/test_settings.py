@@ -9,8 +9,10 @@ def test_defaults_bind_loopback_and_version_topics() -> None:
     s = Settings()
     assert s.kafka.bootstrap == "127.0.0.1:9092"
     assert s.influx.url == "http://127.0.0.1:8086"
-    assert s.topics.telemetry == "dcpulse.telemetry.v1"
-    assert s.topics.deadletter == "dcpulse.deadletter.v1"
+    assert s.topics.telemetry == "dcpulse.telemetry.v2"
+    assert s.topics.deadletter == "dcpulse.deadletter.v2"
+    assert s.topics.partials == "dcpulse.site-partials.v1"
+    assert s.topics.group("sink-raw") == "dcpulse-sink-raw"
 
 
 def test_env_overrides_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,7 +22,7 @@ def test_env_overrides_nested_fields(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.kafka.bootstrap == "127.0.0.1:19092"
     assert s.influx.buckets.retention_seconds()["dcpulse_raw"] == 6 * 3600
-    assert s.topics.telemetry == "test1.telemetry.v1"
+    assert s.topics.telemetry == "test1.telemetry.v2"
 
 
 def test_toml_file_is_read_and_env_wins_over_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
