@@ -159,8 +159,9 @@ class ValidationSettings(BaseModel):
         MAX_MESSAGE_BYTES, ge=1, description="Larger raw messages are dead-lettered oversize before parsing"
     )
     max_producer_pause_s: float = Field(
-        86_400.0, ge=0, description="At most this much producer time since a site's last watermark "
-                                    "widens the clock-skew bound (a paused producer resuming)"
+        86_400.0, ge=0, description="At most this much producer time since a site's last watermark widens "
+                                    "the clock-skew bound; a watermark jumping further waits for the next "
+                                    "to confirm it"
     )
 
 

@@ -32,21 +32,34 @@ class SiteClock:
         return cls(int(watermark_ms), producer_ms, int(next_start_ms))  # type: ignore[arg-type]
 
 
-def accept_watermark(clock: SiteClock | None, watermark_ms: int, producer_ms: int | None, max_skew_ms: int,
-                     window_ms: int) -> tuple[Rejection | None, SiteClock | None]:
-    """A watermark ahead of its own record's Kafka timestamp by more than `max_skew_ms` is a
-    producer whose clocks disagree: rejected (`clock_skew`), nothing moves. An older watermark
-    than the current one changes nothing. The first one sets where window closing starts: the
-    window it falls in (the same on every partition), so no window from before the data is
-    emitted."""
+def accept_watermark(clock: SiteClock | None, held_ms: int | None, watermark_ms: int, producer_ms: int | None,
+                     max_skew_ms: int, max_jump_ms: int,
+                     window_ms: int) -> tuple[Rejection | None, SiteClock | None, int | None]:
+    """(rejection, clock, held watermark) after one watermark record.
+
+    - Ahead of its own record's Kafka timestamp by more than `max_skew_ms`: a producer whose
+      clocks disagree; rejected (`clock_skew`), nothing moves.
+    - Not newer than the current watermark: nothing changes.
+    - Within `max_jump_ms` of the current one: the site's event time moves to it.
+    - The site's first watermark on this partition, or a jump beyond `max_jump_ms`, is only
+      *held*: it takes effect when the next watermark confirms it (newer, and within
+      `max_jump_ms` of it). A real producer sends one every tick, so this costs one tick once;
+      a single record claiming year 9999, in both its timestamps, moves nothing.
+    The first confirmed watermark starts window closing at the window the held one falls in
+    (the same on every partition), so no window from before the data is emitted.
+    """
     if producer_ms is not None and watermark_ms - producer_ms > max_skew_ms:
         return Rejection(CLOCK_SKEW, f"watermark {iso_ms(watermark_ms)} is {(watermark_ms - producer_ms) / 1000:.3f} s "
-                                     f"ahead of its record's timestamp {iso_ms(producer_ms)}"), clock
+                                     f"ahead of its record's timestamp {iso_ms(producer_ms)}"), clock, held_ms
+    if clock is not None and watermark_ms <= clock.watermark_ms:
+        return None, clock, held_ms
+    if clock is not None and watermark_ms - clock.watermark_ms <= max_jump_ms:
+        return None, replace(clock, watermark_ms=watermark_ms, producer_ms=producer_ms), None
+    if held_ms is None or not 0 < watermark_ms - held_ms <= max_jump_ms:
+        return None, clock, watermark_ms  # held until confirmed
     if clock is None:
-        return None, SiteClock(watermark_ms, producer_ms, watermark_ms - watermark_ms % window_ms)
-    if watermark_ms <= clock.watermark_ms:
-        return None, clock
-    return None, replace(clock, watermark_ms=watermark_ms, producer_ms=producer_ms)
+        return None, SiteClock(watermark_ms, producer_ms, held_ms - held_ms % window_ms), None
+    return None, replace(clock, watermark_ms=watermark_ms, producer_ms=producer_ms), None
 
 
 def sample_time_verdict(clock: SiteClock | None, ts_ms: int, producer_ms: int | None, max_skew_ms: int,

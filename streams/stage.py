@@ -41,6 +41,10 @@ def clock_key(site: str) -> str:
     return f"clock/{site}"
 
 
+def held_key(site: str) -> str:
+    return f"held/{site}"
+
+
 def devices_key(site: str) -> str:
     return f"devices/{site}"
 
@@ -55,7 +59,7 @@ def decode_state(key: str, data: Any) -> Any:
         return DeviceState.from_json(data)
     if key.startswith("clock/"):
         return SiteClock.from_json(data)
-    return data  # the offset guard (int) and device lists (sorted names)
+    return data  # the offset guard and held watermarks (int), device lists (sorted names)
 
 
 def new_state(partition: int, buckets: int) -> PartitionState:
@@ -144,7 +148,7 @@ class PartitionStage:
             return Rejection(DUPLICATE, f"seq {sample.seq} ts {iso_ms(ts)} is not newer than the last accepted "
                                         f"seq {device.seq} ts {iso_ms(device.ts_ms)}")
         device.seq, device.ts_ms = sample.seq, ts
-        if clock is None or clock.next_start_ms is None or ts >= clock.next_start_ms:
+        if clock is None or ts >= clock.next_start_ms:
             fold(device, ts, sample.metrics, self.window_ms)
         self.state[key] = device
         if not known:  # listed only once stored, so a failure above cannot leave a dangling name
@@ -153,14 +157,23 @@ class PartitionStage:
 
     def _watermark(self, out: Outputs, watermark: Watermark, offset: int, producer_ms: int | None,
                    key: bytes | None, value: bytes | None) -> None:
-        site, ckey = watermark.site, clock_key(watermark.site)
+        site, ckey, hkey = watermark.site, clock_key(watermark.site), held_key(watermark.site)
         clock: SiteClock | None = self.state.get(ckey)
-        rejection, moved = accept_watermark(clock, epoch_ms(watermark.ts), producer_ms, self.skew_ms, self.window_ms)
+        held: int | None = self.state.get(hkey)
+        rejection, moved, now_held = accept_watermark(clock, held, epoch_ms(watermark.ts), producer_ms, self.skew_ms,
+                                                      self.pause_ms, self.window_ms)
         if rejection is not None:
             self._reject(out, rejection, offset, key, value)
             return
+        if now_held != held:
+            if now_held is None:
+                del self.state[hkey]
+            else:
+                self.state[hkey] = now_held
+        if moved is None or moved == clock:
+            out.counts["watermarks_held" if now_held is not None and now_held != held else "watermarks"] += 1
+            return
         out.counts["watermarks"] += 1
-        assert moved is not None
         starts, moved = due_windows(moved, self.window_ms, self.lateness_ms, self.cfg.max_gap_windows)
         for start in starts:
             self._close(out, site, start)

@@ -26,26 +26,49 @@ YEAR_9999_MS = epoch_ms(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
 
 # ---- watermarks ---------------------------------------------------------------------------------
 
-def test_the_first_watermark_starts_closing_at_the_window_it_falls_in() -> None:
-    rejection, clock = accept_watermark(None, T0 + 90 * S, T0 + 91 * S, SKEW, MINUTE)
-    assert rejection is None and clock == SiteClock(T0 + 90 * S, T0 + 91 * S, T0 + MINUTE)
+def accept(clock, held, watermark, producer):
+    return accept_watermark(clock, held, watermark, producer, SKEW, PAUSE, MINUTE)
+
+
+def test_the_first_watermark_is_held_until_the_next_confirms_it() -> None:
+    assert accept(None, None, T0 + 90 * S, T0 + 91 * S) == (None, None, T0 + 90 * S)
+    # confirmed by the next one: closing starts at the window the held one falls in
+    rejection, clock, held = accept(None, T0 + 90 * S, T0 + 100 * S, T0 + 101 * S)
+    assert rejection is None and held is None and clock == SiteClock(T0 + 100 * S, T0 + 101 * S, T0 + MINUTE)
 
 
 def test_a_newer_watermark_moves_the_clock_an_older_one_nothing() -> None:
     clock = SiteClock(T0 + 90 * S, T0 + 91 * S, T0 + MINUTE)
-    assert accept_watermark(clock, T0 + 100 * S, T0 + 101 * S, SKEW, MINUTE) == (
-        None, SiteClock(T0 + 100 * S, T0 + 101 * S, T0 + MINUTE))
+    assert accept(clock, None, T0 + 100 * S, T0 + 101 * S) == (None, SiteClock(T0 + 100 * S, T0 + 101 * S, T0 + MINUTE), None)
     for older in (T0 + 90 * S, T0):
-        assert accept_watermark(clock, older, T0 + 200 * S, SKEW, MINUTE) == (None, clock)
+        assert accept(clock, None, older, T0 + 200 * S) == (None, clock, None)
+
+
+def test_a_single_watermark_in_year_9999_in_both_timestamps_moves_nothing() -> None:
+    clock = SiteClock(T0, T0, T0)
+    rejection, after, held = accept(clock, None, YEAR_9999_MS, YEAR_9999_MS)
+    assert rejection is None and after == clock and held == YEAR_9999_MS
+    # the producer's next, ordinary watermark moves the clock as usual and forgets the held one
+    assert accept(clock, held, T0 + 10 * S, T0 + 10 * S) == (None, SiteClock(T0 + 10 * S, T0 + 10 * S, T0), None)
+    # as the first watermark of a partition: held, and an ordinary one after it is held instead
+    assert accept(None, None, YEAR_9999_MS, YEAR_9999_MS) == (None, None, YEAR_9999_MS)
+    assert accept(None, YEAR_9999_MS, T0, T0) == (None, None, T0)
+
+
+def test_a_jump_beyond_the_pause_limit_takes_effect_when_confirmed() -> None:
+    clock = SiteClock(T0, T0, T0)
+    later = T0 + PAUSE + 10 * S
+    assert accept(clock, None, later, later) == (None, clock, later)
+    assert accept(clock, later, later + 10 * S, later + 10 * S) == (
+        None, SiteClock(later + 10 * S, later + 10 * S, T0), None)
 
 
 @pytest.mark.parametrize("clock", [None, SiteClock(T0, T0, T0)])
 def test_a_watermark_far_ahead_of_its_own_kafka_timestamp_is_clock_skew_and_moves_nothing(clock) -> None:
-    rejection, after = accept_watermark(clock, T0 + SKEW + 1, T0, SKEW, MINUTE)
-    assert rejection is not None and rejection.reason == "clock_skew" and after == clock
-    assert accept_watermark(clock, T0 + SKEW, T0, SKEW, MINUTE)[0] is None  # the bound itself is fine
-    assert accept_watermark(clock, YEAR_9999_MS, T0, SKEW, MINUTE)[1] == clock
-    assert accept_watermark(clock, T0 + SKEW + 1, None, SKEW, MINUTE)[0] is None  # no timestamp: no bound
+    rejection, after, held = accept(clock, None, T0 + SKEW + 1, T0)
+    assert rejection is not None and rejection.reason == "clock_skew" and after == clock and held is None
+    assert accept(clock, None, T0 + SKEW, T0)[0] is None  # the bound itself is fine
+    assert accept(clock, None, T0 + SKEW + 1, None)[0] is None  # no timestamp: no bound
 
 
 def test_site_clock_json_round_trips() -> None:
@@ -119,22 +142,24 @@ def test_a_jump_of_more_than_max_gap_windows_skips_to_the_last_window_before_the
 
 def test_a_watermark_far_ahead_of_its_kafka_timestamp_is_dead_lettered_and_moves_nothing() -> None:
     stage = make_stage()
-    handle(stage, 0, watermark(T0 + 9 * S), producer_ms=T0)
+    handle(stage, 0, watermark(T0 + 8 * S), producer_ms=T0)  # held, then confirmed by the next
+    handle(stage, 1, watermark(T0 + 9 * S), producer_ms=T0)
     before = stage.state[clock_key(SITE)]
-    out = handle(stage, 1, watermark(YEAR_9999_MS), producer_ms=T0 + 10 * S)
+    out = handle(stage, 2, watermark(YEAR_9999_MS), producer_ms=T0 + 10 * S)
     assert [(d.reason, d.sample_index) for _, d in out.dead] == [("clock_skew", None)]
     assert out.partials == [] and stage.state[clock_key(SITE)] == before
     # Windows go on closing on the real watermarks.
-    out = handle(stage, 2, watermark(T0 + MINUTE + LATENESS), producer_ms=T0 + MINUTE + LATENESS)
+    out = handle(stage, 3, watermark(T0 + MINUTE + LATENESS), producer_ms=T0 + MINUTE + LATENESS)
     assert [p.start_ms for p in out.partials] == [T0]
 
 
 def test_samples_never_move_event_time() -> None:
     stage = make_stage()
-    handle(stage, 0, watermark(T0 + 9 * S), producer_ms=T0)
-    out = handle(stage, 1, batch("rack-h1-k1", pdu(0, T0 + 50 * S)), producer_ms=T0 + 50 * S)
+    handle(stage, 0, watermark(T0 + 8 * S), producer_ms=T0)
+    handle(stage, 1, watermark(T0 + 9 * S), producer_ms=T0)
+    out = handle(stage, 2, batch("rack-h1-k1", pdu(0, T0 + 50 * S)), producer_ms=T0 + 50 * S)
     assert out.dead == [] and stage.state[clock_key(SITE)].watermark_ms == T0 + 9 * S
-    assert handle(stage, 2, batch("rack-h1-k1", pdu(1, T0 + 10 * MINUTE)), producer_ms=T0 + 10 * MINUTE).partials == []
+    assert handle(stage, 3, batch("rack-h1-k1", pdu(1, T0 + 10 * MINUTE)), producer_ms=T0 + 10 * MINUTE).partials == []
 
 
 def test_a_partition_without_the_sites_agents_emits_empty_partials_on_its_watermarks() -> None:

@@ -24,7 +24,7 @@ import dcpulse.streams.stage as stage_module
 from dcpulse.contract import DEADLETTER_ORIGINAL_BYTES, MAX_MESSAGE_BYTES, TELEMETRY_SCHEMA
 from dcpulse.deadletter import Rejection, dead_letter
 from dcpulse.settings import AnalyticsSettings, Settings, ValidationSettings
-from dcpulse.streams.stage import Outputs, PartitionStage, clock_key, device_key, devices_key, new_state
+from dcpulse.streams.stage import Outputs, PartitionStage, clock_key, device_key, devices_key, held_key, new_state
 from dcpulse.streams.state import OFFSET_KEY
 from dcpulse.streams.validation import epoch_ms, iso_ms, parse_record
 
@@ -412,7 +412,9 @@ def test_a_small_dead_letter_keeps_the_whole_original() -> None:
 def test_the_stage_keeps_its_state_under_typed_keys() -> None:
     stage = make_stage()
     handle(stage, 0, batch("rack-h1-k1", pdu(0, T0), pdu(0, T0, device="pdu-a")))
-    handle(stage, 1, watermark(T0 + 9 * S))
+    handle(stage, 1, watermark(T0 + 8 * S))  # held ...
+    assert stage.state[held_key(SITE)] == T0 + 8 * S
+    handle(stage, 2, watermark(T0 + 9 * S))  # ... and confirmed
     assert stage.state[devices_key(SITE)] == ["pdu-a", "pdu-h1-k1"]  # sorted: the windows sum in name order
     assert stage.state[clock_key(SITE)].watermark_ms == T0 + 9 * S
     assert set(stage.state) == {OFFSET_KEY, devices_key(SITE), clock_key(SITE),
