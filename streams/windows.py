@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from bisect import insort
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 from dcpulse.contract import PARTIAL_SCHEMA, AnalyticsPoint, Sample
@@ -115,11 +117,18 @@ def new_device(sample: Sample) -> DeviceState:
     return DeviceState(sample.kind.value, sample.hall, sample.rack, -1, -1)
 
 
+def _values(names: list[str]) -> Callable[[dict[str, float]], tuple[float, ...]]:
+    if not names:
+        return lambda metrics: ()
+    get = itemgetter(*names)
+    return get if len(names) > 1 else lambda metrics: (get(metrics),)
+
+
 @lru_cache(maxsize=64)
-def _accelerator_metrics(names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(acc*_util names, acc*_power_w names) of a server message layout: layouts repeat."""
+def _accelerator_metrics(names: tuple[str, ...]) -> tuple[Callable[[dict[str, float]], tuple[float, ...]], ...]:
+    """Readers of (acc*_util values, acc*_power_w values) of a server message layout: layouts repeat."""
     accs = [n for n in names if n.startswith("acc")]
-    return tuple(n for n in accs if n.endswith("_util")), tuple(n for n in accs if n.endswith("_power_w"))
+    return _values([n for n in accs if n.endswith("_util")]), _values([n for n in accs if n.endswith("_power_w")])
 
 
 def fold(state: DeviceState, ts_ms: int, metrics: dict[str, float], window_ms: int) -> None:
@@ -135,14 +144,14 @@ def fold(state: DeviceState, ts_ms: int, metrics: dict[str, float], window_ms: i
     if gauges is None:
         gauges = state.windows[start] = Gauges()
     if kind == "server":
-        util_names, power_names = _accelerator_metrics(tuple(metrics))
+        utils, powers = _accelerator_metrics(tuple(metrics))
         util = gauges.util
-        for name in util_names:
-            permille = round(metrics[name] * 1000)
+        for value in utils(metrics):
+            permille = round(value * 1000)
             util[permille] = util.get(permille, 0) + 1
         if "cpu_util" in metrics:
             gauges.add("cpu_util", metrics["cpu_util"])
-        gauges.add("acc_w", math.fsum(metrics[n] for n in power_names))
+        gauges.add("acc_w", math.fsum(powers(metrics)))
         if "cpu_power_w" in metrics:
             gauges.add("cpu_w", metrics["cpu_power_w"])
     elif kind == "pdu":
