@@ -191,7 +191,7 @@ def demo(minutes: int, timeout: float) -> None:
                      ("acc_util_mean", "acc_util_p95", "acc_util_max", "power_ratio", "heat_ratio")))
     console.print(util)
     say(f"simulator ground truth over the run: PUE {result['truth_pue']:.3f} (category 1); "
-        f"{result['messages']:,} samples. Servers left running: `dcpulse services down` stops them")
+        f"{result['samples']:,} samples. Servers left running: `dcpulse services down` stops them")
 
 
 from dcpulse.producers.recording_cli import record, replay  # noqa: E402

@@ -1,4 +1,4 @@
-"""`dcpulse demo`: one record through producer -> Kafka -> Faust -> sink -> InfluxDB and back."""
+"""`dcpulse demo`: the small preset through producer -> Kafka -> Faust -> sinks -> InfluxDB and back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from dcpulse.contract import DeviceKind, Telemetry, utc_now
+from dcpulse.contract import DeviceKind, Sample, TelemetryBatch, utc_now
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.services.onboarding import influx_token
@@ -16,18 +16,17 @@ from dcpulse.settings import Settings
 from dcpulse.sinks.query import read_device_samples
 
 
-def demo_record() -> Telemetry:
-    """A rack PDU sample with a device id unique to this run, at millisecond precision."""
+def demo_record() -> TelemetryBatch:
+    """A rack agent's batch of one PDU sample with a device id unique to this run, at
+    millisecond precision."""
     now = utc_now()
-    return Telemetry(
-        site="demo", hall="h1", row="r01", rack="r01-k01",
-        device=f"pdu-demo-{uuid.uuid4().hex[:10]}", kind=DeviceKind.PDU, seq=0,
-        ts=now.replace(microsecond=now.microsecond // 1000 * 1000),
-        metrics={"power_kw": 42.5, "energy_kwh": 1234.5},
-    )
+    sample = Sample(hall="h1", row="r01", rack="r01-k01", device=f"pdu-demo-{uuid.uuid4().hex[:10]}",
+                    kind=DeviceKind.PDU, seq=0, ts=now.replace(microsecond=now.microsecond // 1000 * 1000),
+                    metrics={"power_kw": 42.5, "energy_kwh": 1234.5})
+    return TelemetryBatch(site="demo", agent="rack-r01-k01", samples=[sample])
 
 
-def publish(settings: Settings, record: Telemetry) -> None:
+def publish(settings: Settings, record: TelemetryBatch) -> None:
     publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
     try:
         publisher.publish(record)
@@ -71,14 +70,15 @@ def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], No
     token = influx_token(settings, "read")
     bucket = settings.influx.buckets.analytics
     site = scenario.sites[0].name
-    # Windows close once event time is `allowed_lateness_s` past their end: all but the last
-    # minute or two of the run close.
+    # Windows close once the site's watermark is `allowed_lateness_s` past their end: all but
+    # the last minute or two of the run close.
     expected_last = start + timedelta(minutes=minutes - 2)
     with running_pipeline(settings) as pipeline:
         publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
-        stats = run_scenario(sim, minutes * 60.0, None, publisher.publish_raw)
+        stats = run_scenario(sim, minutes * 60.0, None, publisher.publish_raw, publisher.broadcast)
         publisher.close()
-        say(f"published {stats.messages:,} samples of {minutes} simulated minutes (start {start:%H:%M} UTC); "
+        say(f"published {stats.samples:,} samples in {stats.messages:,} agent batches of {minutes} simulated minutes "
+            f"(start {start:%H:%M} UTC); "
             "waiting for the windows to land in InfluxDB")
         deadline = time.monotonic() + timeout_s
         while True:
@@ -94,4 +94,4 @@ def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], No
         util_rows = read_rows(settings.influx.url, token, settings.influx.org,
                               measurement_query(bucket, "utilisation", site, start))
     return {"site": site, "start": start, "pue": [r for r in pue_rows if r["window"] == "1m"],
-            "utilisation": util_rows, "truth_pue": sim.sites[0].truth.pue, "messages": stats.messages}
+            "utilisation": util_rows, "truth_pue": sim.sites[0].truth.pue, "samples": stats.samples}

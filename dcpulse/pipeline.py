@@ -1,4 +1,5 @@
-"""Run the pipeline's long-lived stages (Faust worker, InfluxDB sink) as child processes."""
+"""Run the pipeline's long-lived stages as child processes: N Faust workers (`dcpulse streams`,
+one consumer group) and the InfluxDB sinks (`dcpulse sink`)."""
 
 from __future__ import annotations
 
@@ -7,58 +8,72 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from dcpulse.settings import Settings
 
-STAGES = ("streams", "sink")
+def stop_children(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
+    """SIGTERM every process, wait up to `grace_s` in all, SIGKILL what is left."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class PipelineProcesses:
-    def __init__(self, procs: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
-        self.procs = procs
-        self.logs = logs
+    """The running stages by name: `streams-1` .. `streams-N`, `sink`."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, command: str) -> None:
+        self.logs[name] = self.log_dir / f"{name}.log"
+        with open(self.logs[name], "ab") as out:
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "dcpulse.cli", command], stdout=out,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+
+    def kill(self, name: str) -> None:
+        """kill -9: no goodbye, no commit."""
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def restart(self, name: str) -> None:
+        self.start(name, "streams" if name.startswith("streams") else name)
 
     def check_alive(self) -> None:
         """Raise with the stage's log tail if a stage has died."""
-        for stage, proc in self.procs.items():
+        for name, proc in self.procs.items():
             if proc.poll() is not None:
-                tail = "\n".join(self.logs[stage].read_text(errors="replace").splitlines()[-15:])
-                raise RuntimeError(f"pipeline stage {stage!r} exited with code {proc.returncode}:\n{tail}")
+                tail = "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"pipeline stage {name!r} exited with code {proc.returncode}:\n{tail}")
 
 
 @contextmanager
-def running_pipeline(settings: Settings, log_dir: Path | None = None) -> Iterator[PipelineProcesses]:
-    """Start `dcpulse streams` and `dcpulse sink`; stop both (SIGTERM, then SIGKILL) on exit.
+def running_pipeline(settings: Settings, log_dir: Path | None = None, workers: int = 1) -> Iterator[PipelineProcesses]:
+    """Start `workers` x `dcpulse streams` and one `dcpulse sink`; stop them all on exit.
 
-    Settings reach the children through the environment
-    they inherit, so tests can point them at other topics or ports.
+    Settings reach the children through the environment they inherit, so tests can point them
+    at other topics or ports.
     """
     log_dir = log_dir or settings.services.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    logs = {stage: log_dir / f"{stage}.log" for stage in STAGES}
-    env = {**os.environ, "DCPULSE_LOG_FORMAT": "json"}
+    pipeline = PipelineProcesses(log_dir, {**os.environ, "DCPULSE_LOG_FORMAT": "json"})
     try:
-        for stage in STAGES:
-            with open(logs[stage], "ab") as out:
-                procs[stage] = subprocess.Popen(
-                    [sys.executable, "-m", "dcpulse.cli", stage],
-                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                )
-        yield PipelineProcesses(procs, logs)
+        for i in range(1, workers + 1):
+            pipeline.start(f"streams-{i}", "streams")
+        pipeline.start("sink", "sink")
+        yield pipeline
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
+        stop_children(pipeline.procs.values())
