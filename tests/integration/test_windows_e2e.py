@@ -1,9 +1,13 @@
-"""Replay determinism end to end: simulate, record, replay at two speeds into fresh topics and
-fresh buckets; every PUE and utilisation value in InfluxDB must be identical across the runs
-and equal to the offline reference computed from the recorded file by the pure functions."""
+"""The determinism matrix end to end: simulate (with a fault), record, then replay the recording
+into fresh topics and buckets at different speeds, with 1, 2 and 3 `dcpulse streams` processes
+in one consumer group, and with a worker killed with kill -9 mid-window and restarted. Every
+result in InfluxDB (every field of pue, ppue, site_efficiency, utilisation) must be identical
+across the runs and equal to the offline reference computed from the recording's replay plan."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,24 +21,42 @@ from dcpulse.settings import Settings
 from tests.integration.support import assert_equal_to_reference, isolated, simulate_and_record, wait_for_results
 
 pytestmark = pytest.mark.integration
-MINUTES = 12
+MINUTES = 17  # several windows and the 15-minute roll-up
 
 
-def run_replay(services, settings_base, recording: Path, source_topic: str, speed: float | None, name: str,
-               expected: int, tmp_path: Path, start) -> dict[str, dict]:
-    with isolated(services, settings_base, name) as settings, \
-            running_pipeline(settings, log_dir=tmp_path / name) as pipeline:
-        replay(settings.kafka.bootstrap, recording, speed=speed, topic_map={source_topic: settings.topics.telemetry})
-        return wait_for_results(settings, start, expected, pipeline.check_alive)
-
-
-def test_replays_at_two_speeds_equal_each_other_and_the_offline_reference(
-        services: LocalServices, settings: Settings, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def recorded(services: LocalServices, settings: Settings, tmp_path_factory: pytest.TempPathFactory):
     start = current_minute() - timedelta(minutes=MINUTES + 5)
-    recording, source_topic, expected = simulate_and_record(
-        services, settings, tmp_path, start, MINUTES, ["counter_reset:small:pdu-h1-r01-k01@5m"])
-    realtime_ish = run_replay(services, settings, recording, source_topic, 20.0, "x20", len(expected), tmp_path, start)
-    flat_out = run_replay(services, settings, recording, source_topic, None, "max", len(expected), tmp_path, start)
-    assert sorted(set(realtime_ish) ^ set(flat_out)) == []
-    assert [k for k in flat_out if flat_out[k] != realtime_ish[k]] == []
-    assert_equal_to_reference(flat_out, expected)
+    recording, topic, expected = simulate_and_record(services, settings, tmp_path_factory.mktemp("matrix"), start,
+                                                     MINUTES, ["counter_reset:small:pdu-h1-r01-k01@5m"])
+    assert any("window=15m" in k for k in expected), "the run must close a 15-minute roll-up"
+    return start, recording, topic, expected
+
+
+def run_replay(services, base: Settings, recorded, speed: float | None, workers: int, name: str, tmp_path: Path,
+               kill_after_s: float | None = None) -> dict[str, dict]:
+    start, recording, topic, expected = recorded
+    with isolated(services, base, name) as settings, \
+            running_pipeline(settings, log_dir=tmp_path / name, workers=workers) as pipeline:
+        replayer = threading.Thread(target=replay, args=(settings.kafka.bootstrap, recording),
+                                    kwargs={"speed": speed, "topic_map": {topic: settings.topics.telemetry}})
+        replayer.start()
+        if kill_after_s is not None:
+            time.sleep(kill_after_s)
+            pipeline.kill("streams-1")  # mid-window: no goodbye, no commit
+            time.sleep(2)
+            pipeline.restart("streams-1")
+        replayer.join(timeout=300)
+        return wait_for_results(settings, start, len(expected), pipeline.check_alive, timeout_s=400)
+
+
+@pytest.mark.parametrize("speed, workers, kill", [
+    (None, 1, None),  # flat out, one worker
+    (20.0, 2, None),  # paced, two workers sharing one site
+    (None, 3, None),  # flat out, three workers
+    (10.0, 2, 25.0),  # a worker killed mid-window and restarted
+], ids=["max-1w", "20x-2w", "max-3w", "10x-2w-kill9"])
+def test_results_equal_the_offline_reference(services: LocalServices, settings: Settings, tmp_path: Path, recorded,
+                                             speed, workers, kill) -> None:
+    found = run_replay(services, settings, recorded, speed, workers, f"{workers}w", tmp_path, kill)
+    assert_equal_to_reference(found, recorded[3])
