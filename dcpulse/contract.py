@@ -38,9 +38,17 @@ DEADLETTER_ORIGINAL_BYTES = 256 * 1024
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 
+# What InfluxDB can store (signed 64-bit nanoseconds since the epoch), to the second.
+EARLIEST_TS = datetime(1677, 9, 22, tzinfo=UTC)
+LATEST_TS = datetime(2262, 4, 11, tzinfo=UTC)
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamps must carry a time zone (UTC)")
+    if not EARLIEST_TS <= value <= LATEST_TS:
+        raise ValueError(f"{value.isoformat()} is outside the time range InfluxDB can store "
+                         f"({EARLIEST_TS.date()} .. {LATEST_TS.date()})")
     return value.astimezone(UTC)
 
 

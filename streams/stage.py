@@ -11,6 +11,8 @@ runs one per assigned partition over a `PartitionState` it checkpoints; the offl
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +129,9 @@ class PartitionStage:
             return
         items = batch.items if batch.items is not None else orjson.loads(value)["samples"]  # type: ignore[arg-type]
         for i, rejection in sorted(rejected.items()):
-            self._reject(out, rejection, offset, key, orjson.dumps(items[i]), sample_index=i)
+            # json, not orjson: a NaN the sensor sent stays NaN in the dead letter (orjson writes null)
+            original = json.dumps(items[i], separators=(",", ":"), ensure_ascii=False).encode()
+            self._reject(out, rejection, offset, key, original, sample_index=i)
         good = [item for i, item in enumerate(items) if i not in rejected]
         if good:  # the batch's replacement: its good samples only
             out.valid.append((key, orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": site, "agent": batch.agent,

@@ -11,7 +11,7 @@ Reasons (stable strings, counted and written into dead letters; docs/schema.md):
 |------------------|------------|--------------------------------------------------------------------|
 | `oversize`       | record     | the value is longer than the byte limit (checked before parsing)   |
 | `malformed_json` | record     | a tombstone (no value), or bytes that are not one JSON document    |
-| `non_finite`     | either     | NaN / Infinity literals, or numbers too large for a float          |
+| `non_finite`     | sample     | NaN / Infinity literals, or numbers too large for a float          |
 | `missing_field`  | either     | a required field is absent                                         |
 | `unknown_field`  | either     | a field the contract does not know                                 |
 | `wrong_type`     | either     | a value of the wrong type (`*_type`, `*_parsing`, `enum`, ...)      |
@@ -129,10 +129,11 @@ def _parse_slowly(raw: bytes, key: bytes | None) -> Parsed:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        literal = _non_finite_literal(raw)
-        if literal is not None:
-            return Rejection(NON_FINITE, f"non-finite number {literal} (JSON allows finite numbers only)")
-        return Rejection(MALFORMED_JSON, str(exc)[:300])
+        # NaN, Infinity or 1e400 (what a broken sensor sends) make the bytes non-JSON, but the
+        # rest of the batch is good: read it leniently, and the contract rejects the one sample.
+        document = _lenient_json(raw)
+        if document is _NOT_JSON:
+            return Rejection(MALFORMED_JSON, str(exc)[:300])
     if isinstance(document, dict) and document.get("schema") == WATERMARK_SCHEMA:
         try:
             return Watermark.model_validate(document)
@@ -161,31 +162,16 @@ def _wrong_key(key: bytes | None, site: str, agent: str) -> Rejection:
     return Rejection(WRONG_KEY, f"Kafka key {key!r} is not the batch's agent key {agent_key(site, agent)!r}")
 
 
-def _non_finite_literal(raw: bytes) -> str | None:
-    """orjson refuses NaN, Infinity and numbers that overflow a double. If the document is
-    otherwise valid JSON, name the first such value; otherwise (really malformed) None."""
-    found: list[str] = []
+_NOT_JSON = object()
 
-    def constant(name: str) -> float:
-        found.append(name)
-        return math.nan
 
+def _lenient_json(raw: bytes) -> Any:
+    """The document with NaN / Infinity literals and overflowing numbers read as non-finite
+    floats, or `_NOT_JSON` if the bytes are malformed anyway."""
     try:
-        parsed = json.loads(raw.decode("utf-8"), parse_constant=constant)
+        return json.loads(raw.decode("utf-8"), parse_constant=float)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return None
-    if found:
-        return found[0]
-    stack: list[Any] = [parsed]  # no literal: maybe a number such as 1e400 that overflows
-    while stack:
-        item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "out of float range (overflows to infinity)"
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return None
+        return _NOT_JSON
 
 
 def _error_reason(error: Any) -> str:

@@ -22,15 +22,16 @@ pytestmark = pytest.mark.integration
 
 def test_one_record_end_to_end_exact_values(services: LocalServices, settings: Settings, tmp_path) -> None:
     record = demo_record()
+    (sample,) = record.samples
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
         publish(settings, record)
-        rows = wait_for_samples(settings, record.device, timeout_s=120, check=pipeline.check_alive)
+        rows = wait_for_samples(settings, sample.device, timeout_s=120, check=pipeline.check_alive)
     assert len(rows) == 1
     row = rows[0]
     assert row["_measurement"] == "pdu"
-    assert row["_time"] == record.ts.astimezone(UTC)
+    assert row["_time"] == sample.ts.astimezone(UTC)
     assert (row["site"], row["hall"], row["row"], row["rack"], row["device"]) == (
-        "demo", "h1", "r01", "r01-k01", record.device)
+        "demo", "h1", "r01", "r01-k01", sample.device)
     assert row["power_kw"] == 42.5
     assert row["energy_kwh"] == 1234.5
     assert row["seq"] == 0
@@ -38,13 +39,14 @@ def test_one_record_end_to_end_exact_values(services: LocalServices, settings: S
     assert all(proc.poll() is not None for proc in pipeline.procs.values())
 
 
-def _wait_for_dead_letter(consumer: KafkaConsumer, key: bytes, timeout_s: float = 60) -> dict | None:
+def _wait_for_dead_letter(consumer: KafkaConsumer, key: bytes, match=lambda _letter: True,
+                          timeout_s: float = 60) -> dict | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():
             for message in batch:
-                if message.key == key:
-                    return orjson.loads(message.value)
+                if message.key == key and match(letter := orjson.loads(message.value)):
+                    return letter
     return None
 
 
@@ -52,24 +54,26 @@ def test_record_older_than_raw_retention_is_dead_lettered_by_the_sink(
     services: LocalServices, settings: Settings, tmp_path
 ) -> None:
     """InfluxDB would refuse it (HTTP 422); the sink must say why, not retry forever."""
-    old = demo_record().model_copy(update={"ts": datetime(2020, 1, 1, tzinfo=UTC)})
+    fresh = demo_record()
+    old = fresh.model_copy(update={"samples": [fresh.samples[0].model_copy(update={"ts": datetime(2020, 1, 1, tzinfo=UTC)})]})
     good = demo_record()
+    good_device = good.samples[0].device
     deadletters = tail_consumer(settings, settings.topics.deadletter)
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
         publish(settings, old)
         publish(settings, good)
-        rows = wait_for_samples(settings, good.device, timeout_s=120, check=pipeline.check_alive)
-        found = _wait_for_dead_letter(deadletters, old.key.encode())
+        rows = wait_for_samples(settings, good_device, timeout_s=120, check=pipeline.check_alive)
+        found = _wait_for_dead_letter(deadletters, old.key.encode(), lambda d: d["stage"] == "sink")
     deadletters.close()
     assert rows and rows[0]["power_kw"] == 42.5
-    assert found is not None and found["reason"] == "outside_retention" and found["stage"] == "sink"
+    assert found is not None and found["reason"] == "outside_retention" and found["sample_index"] == 0
 
 
 def test_bad_record_is_dead_lettered_and_good_one_still_lands(
     services: LocalServices, settings: Settings, tmp_path
 ) -> None:
     key = f"demo/bad-{uuid.uuid4().hex[:8]}".encode()
-    bad_value = b'{"schema": "dcpulse.telemetry/1", "site": "demo", "metrics": {NaN'
+    bad_value = b'{"schema": "dcpulse.telemetry/2", "site": "demo", "samples": [{NaN'
     deadletters = tail_consumer(settings, settings.topics.deadletter)
     good = demo_record()
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
@@ -78,7 +82,7 @@ def test_bad_record_is_dead_lettered_and_good_one_still_lands(
         producer.flush()
         producer.close()
         publish(settings, good)
-        rows = wait_for_samples(settings, good.device, timeout_s=120, check=pipeline.check_alive)
+        rows = wait_for_samples(settings, good.samples[0].device, timeout_s=120, check=pipeline.check_alive)
         found = _wait_for_dead_letter(deadletters, key)
     deadletters.close()
     assert rows and rows[0]["power_kw"] == 42.5

@@ -1,40 +1,61 @@
-"""The Faust validation stage against the real broker: every raw record goes forward or to the
-dead-letter topic, exactly once, with the right reason; valid records are re-keyed by site."""
+"""The Faust stage's validation against the real broker, on a fresh sandbox topic: every raw
+record, and every sample inside a batch, goes forward or to the dead-letter topic exactly once
+with the right reason; a bad sample is dead-lettered alone and its siblings go on; a value the
+broker accepts but the stage refuses (800 KB, 2 MB compressible) gets a dead letter that fits;
+and records claiming year 9999 (or 2200) in both timestamps, first on a partition and
+mid-stream, move no one's event time."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import time
 import uuid
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from dcpulse.contract import DeviceKind, Telemetry, utc_now
+from dcpulse.contract import DEADLETTER_ORIGINAL_BYTES, WATERMARK_SCHEMA, agent_key, utc_now, watermark_key
 from dcpulse.pipeline import running_pipeline
+from dcpulse.producers.publisher import KeyPartitioner
+from dcpulse.producers.scenario_args import current_minute
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
-from tests.integration.support import tail_consumer
+from tests.integration.support import isolated, tail_consumer
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 180
 SETTLE_S = 8  # keep reading this long after the last expected record: catches doubles
+YEAR_9999 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+YEAR_2200 = datetime(2200, 1, 1, tzinfo=UTC)  # storable by InfluxDB, so judged by the watermark rule
 
 
-def _read_until(consumers: dict[str, KafkaConsumer], keep, done, check) -> dict[str, list]:
-    """Poll every consumer, keeping the messages `keep(name, message)` accepts, until `done(found)`
-    has held for SETTLE_S, or TIMEOUT_S passed."""
+def ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def iso(t: datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_until(consumers: dict[str, KafkaConsumer], keep: Callable[[Any], bool], done: Callable[[dict], bool],
+               check: Callable[[], None]) -> dict[str, list]:
+    """Poll every consumer, keeping the messages `keep` accepts, until `done(found)` has held
+    for SETTLE_S, or TIMEOUT_S passed."""
     found: dict[str, list] = {name: [] for name in consumers}
     deadline = time.monotonic() + TIMEOUT_S
     settled_at = None
     while time.monotonic() < deadline:
         for name, consumer in consumers.items():
             for batch in consumer.poll(timeout_ms=250).values():
-                found[name].extend(m for m in batch if keep(name, m))
+                found[name].extend(m for m in batch if keep(m))
         if done(found):
             settled_at = settled_at or time.monotonic()
             if time.monotonic() - settled_at > SETTLE_S:
@@ -43,121 +64,229 @@ def _read_until(consumers: dict[str, KafkaConsumer], keep, done, check) -> dict[
     return found
 
 
-def test_every_raw_record_is_forwarded_or_dead_lettered_once(
+class Raw:
+    """Sends to the raw topic, each record to an explicit partition, remembering where it went.
+    gzip and a 4 MiB request limit, so a 2 MB compressible value reaches the broker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topics.telemetry
+        self.producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+                                      compression_type="gzip", max_request_size=4 * 1024 * 1024)
+        self.partitioner = KeyPartitioner(settings.topics.telemetry_partitions)
+        self.futures: list[Any] = []
+
+    def send(self, key: bytes, value: bytes, partition: int | None = None, timestamp_ms: int | None = None) -> None:
+        partition = self.partitioner(key) if partition is None else partition
+        self.futures.append(self.producer.send(self.topic, key=key, value=value, partition=partition,
+                                               timestamp_ms=timestamp_ms))
+
+    def broadcast(self, key: bytes, value: bytes, timestamp_ms: int) -> None:
+        for partition in range(self.partitioner.partitions):
+            self.send(key, value, partition, timestamp_ms)
+
+    def close(self) -> list[tuple[int, int]]:
+        """Flush; (partition, offset) of every record, in send order."""
+        self.producer.flush()
+        placed = [(m.partition, m.offset) for m in (f.get(timeout=30) for f in self.futures)]
+        self.producer.close()
+        return placed
+
+
+def batch(site: str, agent: str, samples: list[dict], **extra: Any) -> bytes:
+    return orjson.dumps({"schema": "dcpulse.telemetry/2", "site": site, "agent": agent, "samples": samples, **extra})
+
+
+def watermark(site: str, at: datetime) -> bytes:
+    return orjson.dumps({"schema": WATERMARK_SCHEMA, "site": site, "producer": "test", "ts": iso(at)})
+
+
+def pdu(device: str, seq: int, at: datetime, **changes: Any) -> dict[str, Any]:
+    return {"device": device, "kind": "pdu", "hall": "h1", "row": "r01", "rack": "r01-k01", "seq": seq,
+            "ts": iso(at), "metrics": {"power_kw": 42.5, "energy_kwh": 1000.0 + seq}, **changes}
+
+
+def test_every_record_and_every_sample_is_forwarded_or_dead_lettered_once(
     services: LocalServices, settings: Settings, tmp_path
 ) -> None:
-    site = f"vt-{uuid.uuid4().hex[:10]}"  # only this run's records are looked at
+    with isolated(services, settings, "validation") as s:
+        check_every_record_and_sample(s, tmp_path)
+
+
+def check_every_record_and_sample(settings: Settings, tmp_path) -> None:
+    site = f"vt-{uuid.uuid4().hex[:10]}"
     now = utc_now()
     base = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    devices = [f"pdu-{i}" for i in range(6)]
+    agents = ["rack-a", "rack-b", "rack-c"]
 
-    def sample(device: str, seq: int, seconds: float, **metrics: float) -> Telemetry:
-        return Telemetry(site=site, hall="h1", row="r01", rack="r01-k01", device=device, kind=DeviceKind.PDU,
-                         seq=seq, ts=base + timedelta(seconds=seconds),
-                         metrics=metrics or {"power_kw": 42.5, "energy_kwh": 1000.0 + seq})
+    def round_of(agent: str, seq: int) -> bytes:
+        at = base + timedelta(seconds=10 * seq)
+        return batch(site, agent, [pdu(f"{agent}-pdu-{i}", seq, at) for i in range(2)])
 
-    def good_round(seq: int, seconds: float) -> list[tuple[bytes, bytes, str | None]]:
-        return [(site.encode(), sample(d, seq, seconds + i / 10).to_bytes(), None)
-                for i, d in enumerate(devices)]
-
-    template = orjson.loads(sample("bad", 0, 0).to_bytes())
-
-    def bad(kind: str, value: bytes) -> tuple[bytes, bytes, str]:
-        return site.encode(), value, kind
-
-    duplicated = sample(devices[0], 1, 10)
-    skewed = sample(devices[1], 3, 600)  # 10 min ahead of everything else on pdu-1's partition
-    bad_records = [
-        bad("malformed_json", b'{"schema": "dcpulse.telemetry/1", "site": "%s", "device": ' % site.encode()),
-        bad("missing_field", orjson.dumps({k: v for k, v in template.items() if k != "ts"})),
-        bad("wrong_type", orjson.dumps({**template, "seq": "seven"})),
-        bad("unknown_field", orjson.dumps({**template, "colour": "red"})),
-        bad("non_finite", orjson.dumps(template).replace(b'"power_kw":42.5', b'"power_kw":NaN')),
-        bad("oversize", orjson.dumps({**template, "metrics": {f"m{i}": float(i) for i in range(9000)}})),
-        bad("absurd_value", orjson.dumps({**template, "metrics": {"power_kw": -5.0}})),
-        # Keyed by site like every record, so the same raw partition, after the original / after good samples.
-        (site.encode(), duplicated.to_bytes(), "duplicate"),
-        (site.encode(), skewed.to_bytes(), "clock_skew"),
-        # A good sample keyed by device: its site's windows would be split across partitions.
-        (f"{site}/{devices[2]}".encode(), sample(devices[2], 9, 25).to_bytes(), "wrong_key"),
+    key = {agent: agent_key(site, agent).encode() for agent in agents}
+    template = orjson.loads(round_of("rack-a", 0))
+    a = key["rack-a"]
+    # Whole records that are not a usable batch: (key, value, reason).
+    whole = [
+        (a, b'{"schema": "dcpulse.telemetry/2", "site": "%s", "samples": [' % site.encode(), "malformed_json"),
+        (a, orjson.dumps({k: v for k, v in template.items() if k != "agent"}), "missing_field"),
+        (a, orjson.dumps({**template, "samples": "seven"}), "wrong_type"),
+        (a, orjson.dumps({**template, "colour": "red"}), "unknown_field"),
+        # The broker takes both (its limit is 2 MiB, the second is gzip-compressed to a few KB);
+        # the stage's limit is 512 KiB, and the dead letter keeps a bounded prefix.
+        (a, orjson.dumps({**template, "pad": "x" * 800_000}), "oversize"),
+        (a, orjson.dumps({**template, "pad": "y" * 2_000_000}), "oversize"),
+        (site.encode(), round_of("rack-b", 9), "wrong_key"),  # a good batch under its site's key
     ]
-    by_reason = {reason: value for _, value, reason in bad_records}
-    assert b"NaN" in by_reason["non_finite"]
-    assert len(by_reason["oversize"]) > settings.validation.max_message_bytes
-    # (key, value, expected reason or None for valid), in the order they are produced.
-    records = good_round(0, 0) + good_round(1, 10) + good_round(2, 20) + bad_records + good_round(4, 30)
-    expected_bad = {value: (key, reason) for key, value, reason in records if reason is not None}
-    expected_good = {key + b"|" + value: key for key, value, reason in records if reason is None}
-    assert len(expected_bad) == 10 and len(expected_good) == 4 * len(devices)
+    # One batch of rack-c carrying one good sample and one of each bad kind: (sample, reason).
+    c_at = base + timedelta(seconds=30)
+    in_batch = [
+        (pdu("rack-c-pdu-0", 3, c_at), None),
+        ({**pdu("rack-c-nan", 3, c_at), "metrics": {"power_kw": "NAN"}}, "non_finite"),
+        (pdu("rack-c-absurd", 3, c_at, metrics={"power_kw": -5.0}), "absurd_value"),
+        (pdu("rack-c-pdu-1", 1, base + timedelta(seconds=10)), "duplicate"),  # round 1 again
+        (pdu("rack-c-skew", 3, c_at + timedelta(seconds=600)), "clock_skew"),  # 10 min ahead of its record
+        ({**pdu("rack-c-type", 3, c_at), "seq": "seven"}, "wrong_type"),
+        (pdu("rack-c-field", 3, c_at, colour="red"), "unknown_field"),
+        (pdu("rack-c-9999", 3, YEAR_9999), "invalid_fields"),  # not a time InfluxDB can store
+    ]
+    mixed = batch(site, "rack-c", [s for s, _ in in_batch]).replace(b'"NAN"', b"NaN")
 
-    raw_topic = settings.topics.telemetry
+    raw = Raw(settings)
+    expected_valid: Counter[tuple[bytes, bytes]] = Counter()
     consumers = {"valid": tail_consumer(settings, settings.topics.telemetry_valid),
                  "dead": tail_consumer(settings, settings.topics.deadletter)}
-    sent_partition: dict[bytes, int] = {}  # key -> raw partition it was written to
+    sent: list[tuple[bytes, bytes]] = []
+
+    def send(k: bytes, v: bytes) -> None:
+        raw.send(k, v)
+        sent.append((k, v))
+
+    for seq in range(3):
+        for agent in agents:
+            send(key[agent], round_of(agent, seq))
+            expected_valid[key[agent], round_of(agent, seq)] += 1
+    for k, v, _ in whole:
+        send(k, v)
+    send(key["rack-c"], mixed)
+    for agent in agents:
+        send(key[agent], round_of(agent, 4))
+        expected_valid[key[agent], round_of(agent, 4)] += 1
+
     try:
         with running_pipeline(settings, log_dir=tmp_path) as pipeline:
-            producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
-            futures = [(key, producer.send(raw_topic, key=key, value=value)) for key, value, _ in records]
-            producer.flush()
-            for key, future in futures:
-                sent_partition[key] = future.get(timeout=30).partition
-            producer.close()
-
-            def keep(name: str, message) -> bool:
-                if name == "valid":
-                    return message.key == site.encode()
-                return message.key is not None and message.key.split(b"/")[0] == site.encode()
-
-            def done(found: dict[str, list]) -> bool:
-                return len(found["valid"]) >= len(expected_good) and len(found["dead"]) >= len(expected_bad)
-
-            found = _read_until(consumers, keep, done, pipeline.check_alive)
+            placed = dict(zip(range(len(sent)), raw.close(), strict=True))
+            ours = set(key.values()) | {site.encode()}
+            found = read_until(consumers, lambda m: m.key in ours,
+                               lambda f: len(f["valid"]) >= sum(expected_valid.values()) + 1
+                               and len(f["dead"]) >= len(whole) + len(in_batch) - 1,
+                               pipeline.check_alive)
     finally:
         for consumer in consumers.values():
             consumer.close()
+    where = {v: placed[i] for i, (_, v) in enumerate(sent)}
 
-    # Every bad record: exactly once in the dead-letter topic, right reason, original bytes and origin.
-    letters = [orjson.loads(m.value) for m in found["dead"]]
-    originals = [base64.b64decode(letter["original_value_b64"]) for letter in letters]
-    assert sorted(originals) == sorted(expected_bad), Counter(letter["reason"] for letter in letters)
-    for message, letter, original in zip(found["dead"], letters, originals, strict=True):
-        key, reason = expected_bad[original]
-        assert letter["reason"] == reason, (reason, letter["detail"])
-        assert letter["stage"] == "validate"
-        assert base64.b64decode(letter["original_key_b64"]) == key == message.key
-        assert (letter["source_topic"], letter["source_partition"]) == (raw_topic, sent_partition[key])
-        assert letter["source_offset"] >= 0
-    # The skewed record shares a partition with its good device's samples, which were accepted.
-    assert sent_partition[site.encode()] == next(
-        letter["source_partition"] for letter in letters if letter["reason"] == "clock_skew")
+    # Whole records: one dead letter each, the original kept up to the bound, with size and digest.
+    letters = [(m, orjson.loads(m.value)) for m in found["dead"]]
+    assert all(len(m.value) < 1024 * 1024 for m, _ in letters), "a dead letter must fit any producer limit"
+    record_letters = [(m, d) for m, d in letters if d["sample_index"] is None]
+    assert sorted(d["reason"] for _, d in record_letters) == sorted(r for _, _, r in whole)
+    for (k, value, reason) in whole:
+        digest = hashlib.sha256(value).hexdigest()
+        matching = [(m, d) for m, d in record_letters if d["original_sha256"] == digest]
+        assert len(matching) == 1, reason
+        message, letter = matching[0]
+        assert letter["reason"] == reason and letter["stage"] == "validate", letter["detail"]
+        assert base64.b64decode(letter["original_value_b64"]) == value[:DEADLETTER_ORIGINAL_BYTES]
+        assert letter["original_size"] == len(value)
+        assert letter["original_truncated"] == (len(value) > DEADLETTER_ORIGINAL_BYTES)
+        assert base64.b64decode(letter["original_key_b64"]) == k == message.key
+        assert (letter["source_topic"], [letter["source_partition"], letter["source_offset"]]) == (
+            raw.topic, list(where[value]))
 
-    # Every good record: exactly once in the valid topic, keyed by site, with its source partition.
-    received = Counter()
-    for message in found["valid"]:
-        event = Telemetry.from_bytes(message.value)
-        key = site.encode()
-        received[key + b"|" + message.value] += 1
-        assert message.key == site.encode()
-        assert dict(message.headers)["dcpulse-src"] == f"{raw_topic}:{sent_partition[key]}".encode()
-    assert received == Counter(expected_good.keys())  # each once, bytes as re-serialised by Telemetry.to_bytes()
+    # Bad samples: one dead letter each, naming the batch's origin and the sample's index.
+    sample_letters = sorted((d["sample_index"], d) for _, d in letters if d["sample_index"] is not None)
+    expected_samples = [(i, reason) for i, (_, reason) in enumerate(in_batch) if reason]
+    assert [(i, d["reason"]) for i, d in sample_letters] == expected_samples, [d["detail"] for _, d in sample_letters]
+    for i, letter in sample_letters:
+        original = json.loads(base64.b64decode(letter["original_value_b64"]))  # json: NaN reads back
+        assert original["device"] == in_batch[i][0]["device"]
+        assert (letter["source_partition"], letter["source_offset"]) == where[mixed]
 
-    # Each device's samples arrive in order (one raw partition, processed in order).
+    # Good batches forwarded once, byte for byte; the mixed batch replaced by its good sample alone.
+    forwarded = [(m.key, m.value) for m in found["valid"]]
+    assert Counter(kv for kv in forwarded if kv in expected_valid) == expected_valid
+    replacements = [orjson.loads(v) for k, v in forwarded if (k, v) not in expected_valid and k == key["rack-c"]]
+    assert len(forwarded) == sum(expected_valid.values()) + 1
+    assert replacements == [{"schema": "dcpulse.telemetry/2", "site": site, "agent": "rack-c",
+                             "samples": [in_batch[0][0]]}]
+    # Each device's samples in order (one raw partition per agent, handled in order).
     order: dict[str, list[int]] = {}
     for message in found["valid"]:
-        event = Telemetry.from_bytes(message.value)
-        order.setdefault(event.device, []).append(event.seq)
-    assert order == {d: [0, 1, 2, 4] for d in devices}
+        for s in orjson.loads(message.value)["samples"]:
+            order.setdefault(s["device"], []).append(s["seq"])
+    assert order == {f"{agent}-pdu-{i}": [0, 1, 2, 4] if (agent, i) != ("rack-c", 0) else [0, 1, 2, 3, 4]
+                     for agent in agents for i in range(2)}
 
-    # The counts match exactly: 24 forwarded, one dead letter per kind.
-    assert Counter(letter["reason"] for letter in letters) == Counter(
-        {reason: 1 for reason in ("malformed_json", "missing_field", "wrong_type", "unknown_field", "non_finite",
-                                  "oversize", "absurd_value", "wrong_key", "duplicate", "clock_skew")})
-    assert len(found["valid"]) == 4 * len(devices)
-
-    # The worker logged its counts when it shut down.
-    lines = (tmp_path / "streams.log").read_text(errors="replace").splitlines()
-    # (a line may start with the terminal escape codes of faust's spinner)
-    finals = [orjson.loads(line[line.index("{"):]) for line in lines
-              if '"stage counts"' in line and '"final"' in line]
+    # The worker's final counts say the same.
+    lines = (tmp_path / "streams-1.log").read_text(errors="replace").splitlines()
+    finals = [orjson.loads(line[line.index("{"):]) for line in lines if '"stage counts"' in line and '"final"' in line]
     assert finals, "no final stage counts logged at shutdown"
-    assert finals[-1]["valid"] >= 4 * len(devices) and finals[-1]["clock_skew"] >= 1
+    analyse = [f for f in finals if f.get("agent") == "analyse"]
+    assert analyse[-1]["oversize"] >= 2 and analyse[-1]["clock_skew"] >= 1 and analyse[-1]["duplicate"] >= 1
+
+
+def test_far_future_records_first_and_mid_stream_move_no_ones_event_time(
+    services: LocalServices, settings: Settings, tmp_path
+) -> None:
+    """A fresh topic (so the attack is the first record of every partition), then 11 minutes of
+    a site's ticks with its watermarks, the attack again at minute 5. Every partition must go on
+    closing every window of the site, and each attacking record is dead-lettered or held."""
+    site = f"ff-{uuid.uuid4().hex[:8]}"
+    base = current_minute() - timedelta(minutes=15)
+    ticks = 66  # 11 simulated minutes of 10 s ticks
+    with isolated(services, settings, "future") as s:
+        raw = Raw(s)
+        wm_key = watermark_key(site).encode()
+        agents = [f"rack-{i}" for i in range(8)]  # spread over the partitions
+
+        def attack() -> None:
+            for far in (YEAR_9999, YEAR_2200):
+                raw.broadcast(wm_key, watermark(site, far), ms(far))
+            raw.send(agent_key(site, agents[0]).encode(),
+                     batch(site, agents[0], [pdu("attacker", 0, YEAR_9999)]), timestamp_ms=ms(YEAR_9999))
+
+        attack()
+        for tick in range(ticks):
+            at = base + timedelta(seconds=10 * tick)
+            for agent in agents:
+                raw.send(agent_key(site, agent).encode(), batch(site, agent, [pdu(f"{agent}-pdu", tick, at)]),
+                         timestamp_ms=ms(at))
+            mark = at + timedelta(seconds=9)
+            raw.broadcast(wm_key, watermark(site, mark), ms(mark))
+            if tick == 30:
+                attack()
+        partials = tail_consumer(s, s.topics.partials)
+        dead = tail_consumer(s, s.topics.deadletter)
+        partials.seek_to_beginning()
+        dead.seek_to_beginning()
+        raw.close()
+        partitions = s.topics.telemetry_partitions
+        window = timedelta(seconds=s.analytics.window_s)
+        last_mark = base + timedelta(seconds=10 * (ticks - 1) + 9)
+        closed = [base + window * i for i in range(60) if base + window * (i + 1) + timedelta(
+            seconds=s.analytics.allowed_lateness_s) <= last_mark]
+        expected = {(p, ms(start)) for p in range(partitions) for start in closed}
+        try:
+            with running_pipeline(s, log_dir=tmp_path) as pipeline:
+                found = read_until({"partials": partials, "dead": dead}, lambda m: True,
+                                   lambda f: len(f["partials"]) >= len(expected), pipeline.check_alive)
+        finally:
+            partials.close()
+            dead.close()
+
+    got = Counter((d["partition"], d["start_ms"]) for d in map(orjson.loads, (m.value for m in found["partials"])))
+    assert set(got) == expected, sorted(set(got) ^ expected)[:10]
+    assert max(got.values()) == 1  # each window closed once per partition
+    letters = Counter((d["reason"], d["sample_index"]) for d in (orjson.loads(m.value) for m in found["dead"]))
+    # Year 9999 cannot be stored: each such watermark (on every partition) and sample is refused.
+    assert letters == {("invalid_fields", None): 2 * partitions, ("invalid_fields", 0): 2}

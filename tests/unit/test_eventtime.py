@@ -14,7 +14,7 @@ from dcpulse.streams.combine import SiteState, add_partial
 from dcpulse.streams.eventtime import SiteClock, accept_watermark, due_windows, sample_time_verdict
 from dcpulse.streams.offline import reference_results
 from dcpulse.streams.stage import clock_key
-from dcpulse.streams.validation import epoch_ms
+from dcpulse.streams.validation import epoch_ms, iso_ms
 from tests.unit.test_offline import select, simulate
 from tests.unit.test_stage import MINUTE, SITE, T0, S, ToySite, batch, handle, make_stage, pdu, run_stages, watermark
 
@@ -22,6 +22,7 @@ SKEW = 60 * S
 PAUSE = 86_400 * S
 LATENESS = 30 * S
 YEAR_9999_MS = epoch_ms(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
+YEAR_2200_MS = epoch_ms(datetime(2200, 1, 1, tzinfo=UTC))
 
 
 # ---- watermarks ---------------------------------------------------------------------------------
@@ -140,13 +141,20 @@ def test_a_jump_of_more_than_max_gap_windows_skips_to_the_last_window_before_the
 
 # ---- through the stage -----------------------------------------------------------------------------------
 
-def test_a_watermark_far_ahead_of_its_kafka_timestamp_is_dead_lettered_and_moves_nothing() -> None:
+# Year 9999 is beyond what InfluxDB stores (the contract refuses it); 2200 is storable, so the
+# event-time rules must catch it.
+FAR = [(YEAR_9999_MS, "invalid_fields"), (YEAR_2200_MS, "clock_skew")]
+
+
+@pytest.mark.parametrize("far_ms, reason", FAR)
+def test_a_watermark_far_ahead_of_its_kafka_timestamp_is_dead_lettered_and_moves_nothing(far_ms: int,
+                                                                                          reason: str) -> None:
     stage = make_stage()
     handle(stage, 0, watermark(T0 + 8 * S), producer_ms=T0)  # held, then confirmed by the next
     handle(stage, 1, watermark(T0 + 9 * S), producer_ms=T0)
     before = stage.state[clock_key(SITE)]
-    out = handle(stage, 2, watermark(YEAR_9999_MS), producer_ms=T0 + 10 * S)
-    assert [(d.reason, d.sample_index) for _, d in out.dead] == [("clock_skew", None)]
+    out = handle(stage, 2, watermark(far_ms), producer_ms=T0 + 10 * S)
+    assert [(d.reason, d.sample_index) for _, d in out.dead] == [(reason, None)]
     assert out.partials == [] and stage.state[clock_key(SITE)] == before
     # Windows go on closing on the real watermarks.
     out = handle(stage, 3, watermark(T0 + MINUTE + LATENESS), producer_ms=T0 + MINUTE + LATENESS)
@@ -196,15 +204,15 @@ def clean():
     return records, reference_results(records, PARTITIONS)
 
 
-def _year_9999_record(records, nth: int = 0):
-    """The facility agent's nth batch with its facility meter sample stamped 9999-12-31, sent
-    with a Kafka timestamp in 9999 too (a host whose clock says 9999)."""
+def _year_9999_record(records, nth: int = 0, far_ms: int = YEAR_9999_MS):
+    """The facility agent's nth batch with its facility meter sample stamped `far_ms` (default
+    9999-12-31), sent with that Kafka timestamp too (a host whose clock says so)."""
     key = b"small/facility"
     partition, _, _, value = [r for r in records if r[2] == key][nth]
     doc = orjson.loads(value)
     meter = next(s for s in doc["samples"] if s["device"] == "facility-meter")
-    doc["samples"] = [{**meter, "ts": "9999-12-31T23:59:59Z"}]
-    return partition, YEAR_9999_MS, key, orjson.dumps(doc)
+    doc["samples"] = [{**meter, "ts": iso_ms(far_ms)}]
+    return partition, far_ms, key, orjson.dumps(doc)
 
 
 def _windows_keep_producing(results, clean_results) -> None:
@@ -224,24 +232,28 @@ def test_a_year_9999_sample_as_the_first_record_of_a_partition_does_not_stop_win
     assert results == clean_results  # its device's next samples are newer (seq): nothing else changes
 
 
-def test_a_year_9999_sample_mid_stream_is_clock_skew_and_changes_nothing(clean) -> None:
+@pytest.mark.parametrize("far_ms, reason", FAR)
+def test_a_far_future_sample_mid_stream_is_dead_lettered_and_changes_nothing(clean, far_ms: int,
+                                                                             reason: str) -> None:
     records, clean_results = clean
-    poison = _year_9999_record(records, nth=20)
+    poison = _year_9999_record(records, nth=20, far_ms=far_ms)
     at = records.index(next(r for r in records if r[2] == poison[2] and r[0] == poison[0] and r[1] > T0 + 5 * MINUTE))
     mixed = [*records[:at], poison, *records[at:]]
     results = reference_results(mixed, PARTITIONS)
     _windows_keep_producing(results, clean_results)
     assert results == clean_results
     outs = run_stages(mixed, PARTITIONS)
-    assert [(d.reason, d.sample_index) for _, d in outs[poison[0]].dead] == [("clock_skew", 0)]
+    assert [(d.reason, d.sample_index) for _, d in outs[poison[0]].dead] == [(reason, 0)]
 
 
-def test_a_year_9999_sample_with_an_ordinary_kafka_timestamp_is_clock_skew_even_first(clean) -> None:
+@pytest.mark.parametrize("far_ms, reason", FAR)
+def test_a_far_future_sample_with_an_ordinary_kafka_timestamp_is_dead_lettered_even_first(clean, far_ms: int,
+                                                                                         reason: str) -> None:
     records, clean_results = clean
-    partition, _, key, value = _year_9999_record(records)
+    partition, _, key, value = _year_9999_record(records, far_ms=far_ms)
     poison = (partition, records[0][1], key, value)
     outs = run_stages([poison, *records], PARTITIONS)
-    assert [d.reason for _, d in outs[partition].dead] == ["clock_skew"]
+    assert [d.reason for _, d in outs[partition].dead] == [reason]
     assert reference_results([poison, *records], PARTITIONS) == clean_results
 
 

@@ -210,6 +210,18 @@ def test_a_bad_sample_is_dead_lettered_alone_and_a_replacement_carries_its_sibli
     assert out.counts == {"samples_valid": 2, "batches": 1, "absurd_value": 1}
 
 
+def test_a_nan_sample_is_dead_lettered_alone_with_its_nan_and_its_sibling_forwarded() -> None:
+    key, value = batch("rack-h1-k1", pdu(0, T0), pdu(0, T0, device="pdu-h1-k2"))
+    value = value.replace(b"42.5", b"NaN", 1)
+    out = Outputs()
+    make_stage().handle(out, 4, T0, key, value)
+    (_, letter), = out.dead
+    assert (letter.reason, letter.sample_index) == ("non_finite", 0)
+    assert b'"power_kw":NaN' in base64.b64decode(letter.original_value_b64)  # as the sensor sent it
+    (_, forwarded), = out.valid
+    assert [s["device"] for s in orjson.loads(forwarded)["samples"]] == ["pdu-h1-k2"]
+
+
 def test_a_batch_whose_samples_are_all_bad_has_no_valid_output() -> None:
     bad = [pdu(0, T0, power_kw=-1.0), {"device": "x"}]
     out = handle(make_stage(), 3, batch("rack-h1-k1", *bad))
@@ -221,8 +233,7 @@ def test_a_batch_whose_samples_are_all_bad_has_no_valid_output() -> None:
 @pytest.mark.parametrize(
     "key, value, reason",
     [(b"s1/rack-h1-k1", b"{not json", "malformed_json"), (b"s1/rack-h1-k1", None, "malformed_json"),
-     (b"s1", batch("rack-h1-k1", pdu(0, T0))[1], "wrong_key"),
-     (b"s1/rack-h1-k1", batch("rack-h1-k1", pdu(0, T0))[1].replace(b"42.5", b"NaN"), "non_finite")],
+     (b"s1", batch("rack-h1-k1", pdu(0, T0))[1], "wrong_key")],
 )
 def test_a_record_that_is_not_a_batch_is_dead_lettered_whole(key: bytes, value: bytes | None, reason: str) -> None:
     out = Outputs()

@@ -92,11 +92,8 @@ def test_a_good_batch_parses_and_keeps_every_sample_in_order() -> None:
         (batch(GOOD)[:-7], "malformed_json", ""),
         # A NaN inside a document that is broken anyway is malformed, not non-finite.
         (b'{"schema": "dcpulse.telemetry/2", "samples": [{"metrics": {"x": NaN', "malformed_json", ""),
-        # NaN / Infinity anywhere make the bytes non-JSON: the whole batch goes.
-        (batch(SERVER, GOOD).replace(b"42.5", b"NaN"), "non_finite", "NaN"),
-        (batch(GOOD).replace(b"42.5", b"Infinity"), "non_finite", "Infinity"),
-        (batch(GOOD).replace(b"42.5", b"-Infinity"), "non_finite", "-Infinity"),
-        (batch(GOOD).replace(b"42.5", b"1e400"), "non_finite", "infinity"),
+        # NaN where a string belongs: read leniently, still no batch.
+        (batch(GOOD).replace(b'"%s"' % SITE.encode(), b"NaN"), "wrong_type", "site"),
         (orjson.dumps({"schema": "dcpulse.telemetry/2", "site": SITE, "agent": AGENT}), "missing_field", "samples"),
         (orjson.dumps({"schema": "dcpulse.telemetry/2", "agent": AGENT, "samples": [GOOD]}), "missing_field", "site"),
         (batch(GOOD, colour="red"), "unknown_field", "colour"),
@@ -177,6 +174,18 @@ def test_a_bad_sample_is_rejected_alone_with_its_reason(item: Any, reason: str, 
     assert (verdict.reason, detail in verdict.detail) == (reason, True), verdict
 
 
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_a_non_finite_metric_sinks_only_its_sample(literal: bytes) -> None:
+    """A broken sensor sends NaN: the bytes are not strict JSON, but its rack's other samples
+    are good and must go on."""
+    outcome = parse_record(batch(SERVER, GOOD, SERVER).replace(b"42.5", literal), KEY)
+    assert isinstance(outcome, ParsedBatch), outcome
+    first, bad, last = outcome.samples
+    assert isinstance(first, Sample) and isinstance(last, Sample)
+    assert isinstance(bad, Rejection) and bad.reason == "non_finite", bad
+    assert outcome.items is not None and outcome.items[1]["device"] == GOOD["device"]
+
+
 def test_a_rejected_samples_index_and_json_are_known() -> None:
     bad = sample(device="pdu-2", metrics={"power_kw": -3.0})
     parsed = parse_record(batch(GOOD, SERVER, bad, SERVER), KEY)
@@ -214,6 +223,17 @@ def test_a_sequence_number_beyond_64_bits_is_rejected() -> None:
     assert isinstance(alone(huge), Rejection)
     only = parse_record(batch(huge), KEY)
     assert isinstance(only, ParsedBatch) and isinstance(only.samples[0], Rejection)
+
+
+def test_a_time_influxdb_cannot_store_is_rejected_in_samples_and_watermarks() -> None:
+    """Year 9999 parses as a datetime but not as 64-bit nanoseconds: it must be refused here,
+    with a reason, not fail the sink's write (or sit in a device's state) later."""
+    for ts in ("9999-12-31T23:59:59Z", "1500-01-01T00:00:00Z"):
+        verdict = alone(sample(ts=ts))
+        assert isinstance(verdict, Rejection) and verdict.reason == "invalid_fields"
+        assert "InfluxDB can store" in verdict.detail
+        assert record_reason(orjson.dumps({**WATERMARK, "ts": ts}), b"x") == "invalid_fields"
+    assert isinstance(alone(sample(ts="2262-04-10T23:59:59Z")), Sample)  # the edge itself is fine
 
 
 # ---- watermarks -----------------------------------------------------------------------------
@@ -299,7 +319,7 @@ BREAKAGES: dict[str, str] = {
     "kind_enum": "wrong_type",
     "device_pattern": "invalid_fields",
     "absurd": "absurd_value",
-    "nan": "non_finite",  # not JSON any more: the whole record
+    "nan": "non_finite",  # not strict JSON any more: read leniently, still this sample alone
 }
 
 
