@@ -4,8 +4,10 @@ For every batch of input events (`take_events`), in this order:
 
 1. each partition's records run through its stage, in memory (`PartitionState`);
 2. every output is handed to the producer and **every delivery is confirmed**;
-3. the state buckets the batch changed are written to the table's changelog and confirmed;
-   only then does the table's in-memory copy take them (it is what a retry reloads from);
+3. the state buckets the batch changed are written to the table's changelog and confirmed,
+   then each partition's checkpoint marker (streams/state.py: a half-written checkpoint is
+   ignored on load); only then does the table's in-memory copy take them (it is what a retry
+   reloads from);
 4. the batch returns, and `take_events` acks its events: Faust commits only acked offsets.
 
 If a delivery in 2 or 3 fails, nothing of the batch is acked: the partitions' stages are
@@ -109,15 +111,15 @@ class CheckpointedAgent(Generic[StageT]):
             stage, _ = self.stage(partition)
             sends.extend(self.run(stage, events, counts))
         await self._confirm([await self.send(topic, key, value) for topic, key, value in sends])
-        written: list[tuple[bytes, bytes]] = []
-        futures = []
-        for partition in by_partition:
-            for key, value in self.stages[partition][1].dirty_buckets():
-                written.append((key, value))
-                futures.append(await self.send_changelog(partition, key, value))
-        await self._confirm(futures)
-        for key, value in written:
-            self.table_data[key] = value
+        writes = {partition: self.stages[partition][1].dirty_buckets() for partition in by_partition}
+        # Buckets first, then each partition's checkpoint marker (streams/state.py): a worker
+        # killed in between leaves a checkpoint that loading ignores.
+        await self._confirm([await self.send_changelog(partition, key, value)
+                             for partition, records in writes.items() for key, value in records[:-1]])
+        await self._confirm([await self.send_changelog(partition, *records[-1])
+                             for partition, records in writes.items() if records])
+        for records in writes.values():
+            self.table_data.update(records)
         self.counts.update(counts)
 
     @staticmethod

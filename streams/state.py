@@ -5,10 +5,18 @@ partition: the combiner's sites) read and write typed values in a key-value stor
 record. Writing each change to a Faust table would cost a changelog message per key per record.
 Here the store is a plain dict; every key belongs to one of `buckets` buckets (crc32 of the
 key), and at a checkpoint only the buckets that changed are encoded (orjson; a value with a
-`to_json` method is stored as its JSON form) and written, once each, as table entries
-`<partition>/<bucket>`. The changelog therefore always holds whole buckets as of the end of
-some checkpoint, and the offset guard (also a key) says which input offset that state has seen.
-`decode(key, json)` turns a stored value back into its type.
+`to_json` method is stored as its JSON form) and written, once each. `decode(key, json)` turns
+a stored value back into its type.
+
+A checkpoint must be all or nothing: a worker killed while its changelog writes are in flight
+must not leave some buckets new and others old (the offset guard would then skip records whose
+effects were lost, or fold samples twice). So each bucket has two slots, `<partition>/<bucket>/0`
+and `/1`, each value stamped with its checkpoint number; checkpoint n writes every changed
+bucket to the slot *not* holding its last committed value, and only once those writes are
+confirmed the marker `<partition>/checkpoint` = n. Loading takes, per bucket, the newest slot
+whose number is at most the marker: a half-written checkpoint is invisible, and the committed
+value it would have replaced is still in the other slot. Its slots count as changed, so the
+next checkpoint rewrites them before its marker could make them look committed.
 """
 
 from __future__ import annotations
@@ -23,9 +31,14 @@ import orjson
 OFFSET_KEY = "offset"  # the last input offset whose outputs and state were checkpointed
 
 
-def bucket_key(partition: int, bucket: int) -> bytes:
-    """A bucket's key in the table and its changelog (raw bytes, no serializer in between)."""
-    return b"%d/%d" % (partition, bucket)
+def bucket_key(partition: int, bucket: int, slot: int) -> bytes:
+    """A bucket slot's key in the table and its changelog (raw bytes, no serializer in between)."""
+    return b"%d/%d/%d" % (partition, bucket, slot)
+
+
+def marker_key(partition: int) -> bytes:
+    """The key of a partition's newest complete checkpoint number."""
+    return b"%d/checkpoint" % partition
 
 
 class PartitionState(MutableMapping[str, Any]):
@@ -40,6 +53,8 @@ class PartitionState(MutableMapping[str, Any]):
         self._data: dict[str, Any] = {}
         self._members: list[set[str]] = [set() for _ in range(buckets)]
         self._dirty: set[int] = set()
+        self.checkpoint = 0  # the newest complete checkpoint this state is (or builds on)
+        self._slot = [1] * buckets  # the slot holding each bucket's committed value (first write: 0)
 
     def _bucket(self, key: str) -> int:
         return zlib.crc32(key.encode()) % self.buckets
@@ -69,23 +84,47 @@ class PartitionState(MutableMapping[str, Any]):
         return len(self._data)
 
     def load(self, stored: Mapping[bytes, bytes | None]) -> int:
-        """Fill from the table's entries for this partition (after recovery); returns the number
-        of buckets found. Nothing loaded counts as changed."""
+        """Fill from the table's entries for this partition (after recovery), as of its newest
+        complete checkpoint; returns the number of buckets found. Nothing loaded counts as changed."""
+        marker = stored.get(marker_key(self.partition))
+        self.checkpoint = int(marker) if marker else 0
         found = 0
         for bucket in range(self.buckets):
-            raw = stored.get(bucket_key(self.partition, bucket))
-            if not raw:
+            newest: tuple[int, int, bytes] | None = None
+            for slot in (0, 1):
+                raw = stored.get(bucket_key(self.partition, bucket, slot))
+                if not raw:
+                    continue
+                number, _, body = raw.partition(b" ")
+                if int(number) > self.checkpoint:  # half-written: rewrite it before the marker moves past it
+                    self._dirty.add(bucket)
+                elif newest is None or int(number) > newest[0]:
+                    newest = (int(number), slot, body)
+            if newest is None:
+                self._slot[bucket] = 1  # a half-written first value sits in slot 0: the next write goes there
                 continue
             found += 1
-            for key, value in orjson.loads(raw).items():
+            self._slot[bucket] = newest[1]
+            for key, value in orjson.loads(newest[2]).items():
                 self._data[key] = self.decode(key, value)
                 self._members[self._bucket(key)].add(key)
         return found
 
     def dirty_buckets(self) -> list[tuple[bytes, bytes]]:
-        """(table key, encoded bucket) for every bucket changed since the last call, then clean.
-        An emptied bucket is written as `{}` so that the changelog forgets its keys too."""
-        out = [(bucket_key(self.partition, b), self._encode(self._members[b])) for b in sorted(self._dirty)]
+        """The next checkpoint's writes, then clean: (table key, value) of every bucket changed
+        since the last call, each to its free slot, and last the marker, which must be written
+        only once the others are confirmed. An emptied bucket is written as `{}` so that the
+        changelog forgets its keys too. Nothing changed: no writes. After a failed checkpoint
+        the state must be reloaded, not asked again."""
+        if not self._dirty:
+            return []
+        number = self.checkpoint + 1
+        out = []
+        for bucket in sorted(self._dirty):
+            slot = self._slot[bucket] = 1 - self._slot[bucket]
+            out.append((bucket_key(self.partition, bucket, slot), b"%d %s" % (number, self._encode(self._members[bucket]))))
+        out.append((marker_key(self.partition), b"%d" % number))
+        self.checkpoint = number
         self._dirty.clear()
         return out
 

@@ -15,7 +15,7 @@ from dcpulse.settings import AnalyticsSettings, ValidationSettings
 from dcpulse.streams.combine import SiteStage, decode_site_state, site_key
 from dcpulse.streams.eventtime import SiteClock
 from dcpulse.streams.stage import Outputs, PartitionStage, decode_state, new_state
-from dcpulse.streams.state import OFFSET_KEY, PartitionState, bucket_key
+from dcpulse.streams.state import OFFSET_KEY, PartitionState, bucket_key, marker_key
 from dcpulse.streams.windows import DeviceState, Gauges
 from tests.unit.test_stage import ToySite, make_stage
 
@@ -30,14 +30,44 @@ def test_only_changed_buckets_are_written_once_each() -> None:
     for i in range(100):
         state[f"k{i}"] = [i, 0.1 * i]
     first = dict(state.dirty_buckets())
-    assert set(first) == {bucket_key(3, b) for b in range(8)}  # 100 keys touch every bucket
-    assert sum(len(orjson.loads(v)) for v in first.values()) == 100
+    # 100 keys touch every bucket; each goes to its first slot, stamped checkpoint 1; the marker last.
+    assert list(first)[-1] == marker_key(3) and first.pop(marker_key(3)) == b"1"
+    assert set(first) == {bucket_key(3, b, 0) for b in range(8)}
+    assert all(v.startswith(b"1 ") for v in first.values())
+    assert sum(len(orjson.loads(v[2:])) for v in first.values()) == 100
     assert state.dirty_buckets() == []  # clean after a flush
     state["k7"] = "changed"
     state["k7"] = "changed again"  # twice in a batch: still one write
-    (key, raw), = state.dirty_buckets()
-    assert key in first and orjson.loads(raw)["k7"] == "changed again"
-    assert orjson.loads(raw).keys() == orjson.loads(first[key]).keys()  # the whole bucket
+    (key, raw), marker = state.dirty_buckets()
+    assert marker == (marker_key(3), b"2")
+    assert key[:-1] + b"0" in first and key.endswith(b"/1")  # the other slot
+    assert raw.startswith(b"2 ") and orjson.loads(raw[2:])["k7"] == "changed again"
+    assert orjson.loads(raw[2:]).keys() == orjson.loads(first[key[:-1] + b"0"][2:]).keys()  # the whole bucket
+
+
+def test_a_half_written_checkpoint_is_invisible_and_the_one_before_it_survives() -> None:
+    """A worker killed while checkpoint 2's writes were in flight: some of its buckets reached
+    the changelog, its marker did not. Loading gives checkpoint 1 exactly, and the next
+    checkpoint overwrites the half-written slots, not the committed ones."""
+    state = plain(0, 4)
+    state.update({f"k{i}": i for i in range(20)})
+    table = dict(state.dirty_buckets())  # checkpoint 1, complete
+    state.update({f"k{i}": -i for i in range(20)})
+    *buckets, marker = state.dirty_buckets()  # checkpoint 2 ...
+    table.update(buckets[:2])  # ... of which two buckets landed, and no marker
+    restored = plain(0, 4)
+    restored.load(table)
+    assert dict(restored) == {f"k{i}": i for i in range(20)}
+    restored["k0"] = 100
+    *rewrites, marker = restored.dirty_buckets()
+    assert marker == (marker_key(0), b"2") and all(value.startswith(b"2 ") for _, value in rewrites)
+    # The half-written slots are rewritten (even if nothing in them changed), in the same slots.
+    assert {key for key, _ in buckets[:2]} <= {key for key, _ in rewrites}
+    assert all(key.endswith(b"/1") for key, _ in rewrites)  # the slots checkpoint 1 did not use
+    table.update([*rewrites, marker])
+    again = plain(0, 4)
+    again.load(table)
+    assert dict(again) == {**{f"k{i}": i for i in range(20)}, "k0": 100}
 
 
 def test_state_round_trips_through_its_buckets_and_deletes_reach_the_changelog() -> None:
@@ -48,7 +78,7 @@ def test_state_round_trips_through_its_buckets_and_deletes_reach_the_changelog()
     del state["d"]
     table.update(state.dirty_buckets())  # the emptied or shrunk bucket is rewritten
     restored = plain(0, 4)
-    assert restored.load(table) == len(table)
+    assert restored.load(table) == 3  # buckets used (one holds "d" alone, then nothing)
     assert dict(restored) == {k: v for k, v in values.items() if k != "d"}  # floats bit-exact
     assert restored.dirty_buckets() == []  # loading is not a change
     assert plain(1, 4).load(table) == 0  # another partition's entries are not ours
@@ -61,7 +91,7 @@ def test_an_emptied_bucket_is_written_as_an_empty_object() -> None:
     state["only"] = 1
     state.dirty_buckets()
     del state["only"]
-    assert state.dirty_buckets() == [(bucket_key(0, 0), b"{}")]
+    assert state.dirty_buckets() == [(bucket_key(0, 0, 1), b"2 {}"), (marker_key(0), b"2")]
 
 
 def test_typed_values_are_stored_as_json_and_decoded_by_their_key() -> None:
