@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from kafka import KafkaAdminClient
+
 from dcpulse.settings import Settings
+
 
 def stop_children(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
     """SIGTERM every process, wait up to `grace_s` in all, SIGKILL what is left."""
@@ -62,7 +65,8 @@ class PipelineProcesses:
 
 @contextmanager
 def running_pipeline(settings: Settings, log_dir: Path | None = None, workers: int = 1) -> Iterator[PipelineProcesses]:
-    """Start `workers` x `dcpulse streams` and one `dcpulse sink`; stop them all on exit.
+    """Start `workers` x `dcpulse streams` and one `dcpulse sink`, wait until every worker has
+    its partitions (the group Stable with all members), yield; stop them all on exit.
 
     Settings reach the children through the environment they inherit, so tests can point them
     at other topics or ports.
@@ -74,6 +78,27 @@ def running_pipeline(settings: Settings, log_dir: Path | None = None, workers: i
         for i in range(1, workers + 1):
             pipeline.start(f"streams-{i}", "streams")
         pipeline.start("sink", "sink")
+        wait_for_group(settings, settings.topics.group("streams"), workers, pipeline.check_alive)
         yield pipeline
     finally:
         stop_children(pipeline.procs.values())
+
+
+def wait_for_group(settings: Settings, group: str, members: int, check: Callable[[], None],
+                   timeout_s: float = 90.0) -> None:
+    """Until the consumer group is Stable with `members` members, so that input sent next is not
+    met by the start-up rebalances; raises TimeoutError naming the group's state."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-pipeline")
+    try:
+        deadline = time.monotonic() + timeout_s
+        found: dict = {}
+        while time.monotonic() < deadline:
+            check()
+            found = admin.describe_groups([group]).get(group, {})
+            if found.get("group_state") == "Stable" and len(found.get("members") or []) == members:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"consumer group {group} not Stable with {members} members after {timeout_s:.0f} s "
+                           f"(state {found.get('group_state')}, {len(found.get('members') or [])} members)")
+    finally:
+        admin.close()

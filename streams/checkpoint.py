@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 from faust.types import EventT
 
 from dcpulse.log import get_logger
-from dcpulse.streams.state import PartitionState
+from dcpulse.streams.state import OFFSET_KEY, PartitionState
 
 log = get_logger(__name__)
 EXIT_UNCHECKPOINTED = 75  # EX_TEMPFAIL: restart me
@@ -108,7 +108,15 @@ class CheckpointedAgent(Generic[StageT]):
         counts: Counter[str] = Counter()
         sends: list[Send] = []
         for partition, events in by_partition.items():
-            stage, _ = self.stage(partition)
+            stage, state = self.stage(partition)
+            done = state.get(OFFSET_KEY)
+            first = events[0].message.offset
+            if first > (done if done is not None else -1) + 1:
+                # Records between the checkpoint and this batch never reached the state: Faust
+                # resumed past the checkpoint, or retention deleted them before they were read.
+                counts["offset_gaps"] += 1
+                log.error("input offset gap: records after the partition's checkpoint were skipped", agent=self.name,
+                          partition=partition, checkpoint_offset=done, first_offset=first)
             sends.extend(self.run(stage, events, counts))
         await self._confirm([await self.send(topic, key, value) for topic, key, value in sends])
         writes = {partition: self.stages[partition][1].dirty_buckets() for partition in by_partition}

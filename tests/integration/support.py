@@ -71,6 +71,23 @@ def count_raw_points(settings: Settings, start: datetime) -> int:
     return int(rows[0]["_value"]) if rows else 0
 
 
+def wait_for_raw_points(settings: Settings, start: datetime, expected: int, check: Callable[[], None],
+                        timeout_s: float = 300, quiet_s: float = 45) -> int:
+    """`count_raw_points` once it reaches `expected`, or once it has not changed for `quiet_s`
+    (the raw sink can still be working off a backlog when the results are all in)."""
+    deadline = time.monotonic() + timeout_s
+    found, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        check()
+        latest = count_raw_points(settings, start)
+        if latest != found:
+            found, stable_since = latest, time.monotonic()
+        if found >= expected or time.monotonic() - stable_since > quiet_s:
+            break
+        time.sleep(2)
+    return found
+
+
 def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path, start: datetime, minutes: int,
                         faults: list[str]) -> tuple[Path, str, dict[str, dict]]:
     """Simulate the small site into an isolated raw topic and record it. Returns the recording,
@@ -128,4 +145,5 @@ def assert_equal_to_reference(found: dict[str, dict], expected: dict[str, dict])
     differing = {key: {f: (found[key].get(f), v) for f, v in fields.items() if found[key].get(f) != v}
                  for key, fields in expected.items() if found[key] != fields}
     # bit-identical: floats go through repr and back exactly. (found, expected) per field.
-    assert differing == {}, f"{len(differing)} results differ, e.g. {sorted(differing.items())[:3]}"
+    assert differing == {}, (f"{len(differing)} results differ: {sorted(differing)}; "
+                             f"e.g. {sorted(differing.items())[:3]}")

@@ -16,8 +16,9 @@ from dcpulse.producers.recording import replay
 from dcpulse.producers.scenario_args import current_minute
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
-from tests.integration.support import (assert_equal_to_reference, count_raw_points, isolated, recorded_samples,
-                                       simulate_and_record, wait_for_results)
+from tests.integration.support import (assert_equal_to_reference, isolated, recorded_samples,
+                                       simulate_and_record, wait_for_raw_points,
+                                       wait_for_results)
 
 pytestmark = pytest.mark.integration
 MINUTES = 10
@@ -47,6 +48,6 @@ def test_worker_kill_and_influx_outage_lose_nothing(services: LocalServices, set
         # InfluxDB is back.
         found = wait_for_results(isolated_settings, start, len(expected), pipeline.check_alive, timeout_s=400,
                                  quiet_s=45)
-        raw = count_raw_points(isolated_settings, start - timedelta(minutes=1))
+        raw = wait_for_raw_points(isolated_settings, start - timedelta(minutes=1), samples, pipeline.check_alive)
+    assert raw == samples, f"{samples - raw} of {samples} raw samples missing from InfluxDB"
     assert_equal_to_reference(found, expected)
-    assert raw == samples

@@ -250,6 +250,17 @@ def test_a_revoked_partition_is_reloaded_from_the_table() -> None:
     assert reloaded[OFFSET_KEY] == offset_guard(table, 0)
 
 
+def test_input_that_resumes_past_the_checkpoint_is_counted_as_a_gap() -> None:
+    events = [e for e in events_of(6) if e.message.partition == 0]
+    send, changelog, table = FakeDelivery(), FakeDelivery(), {}
+    a = agent(send, changelog, table)
+    asyncio.run(a.handle(events[:3]))
+    asyncio.run(a.handle(events[3:4]))  # the next offset: no gap
+    assert a.counts["offset_gaps"] == 0
+    asyncio.run(a.handle(events[5:]))  # offset 4 never seen
+    assert a.counts["offset_gaps"] == 1
+
+
 # ---- a batch that cannot be checkpointed ends the process -------------------------------------------
 
 class Exited(BaseException):
