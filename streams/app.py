@@ -16,6 +16,7 @@ the work through the consumer group `<prefix>-streams`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,7 @@ import faust
 import orjson
 from faust.tables.recovery import Recovery
 from faust.types import TP, EventT
+from kafka import TopicPartition
 
 from dcpulse.contract import AnalyticsPoint
 from dcpulse.kafka_clients import consumer
@@ -80,6 +82,31 @@ def raw_partitions(settings: Settings) -> int:
     if not found:
         raise RuntimeError(f"topic {settings.topics.telemetry} does not exist: run `dcpulse topics create`")
     return len(found)
+
+
+def read_partition(bootstrap: str, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
+    """A changelog partition's newest value per key, read from Kafka up to its current end."""
+    client = consumer(bootstrap, "dcpulse-state-reader")
+    tp = TopicPartition(topic, partition)
+    found: dict[bytes, bytes] = {}
+    try:
+        client.assign([tp])
+        client.seek_to_beginning(tp)
+        end = client.end_offsets([tp])[tp]
+        deadline = time.monotonic() + timeout_s
+        while client.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] took over {timeout_s:.0f} s")
+            for message in client.poll(timeout_ms=1000).get(tp, []):
+                if message.offset >= end:
+                    continue
+                if message.value is None:
+                    found.pop(message.key, None)
+                else:
+                    found[message.key] = message.value
+    finally:
+        client.close()
+    return found
 
 
 def faust_app(app_id: str, settings: Settings) -> faust.App:
@@ -160,10 +187,12 @@ def create_app(settings: Settings) -> faust.App:
     analyse_agent = CheckpointedAgent(
         "analyse", cfg.state_buckets, decode_state,
         lambda p, state: PartitionStage(t.telemetry, p, partitions, state, settings.validation, cfg),
-        _raw_sends(settings), send, changelog(raw_table), raw_table.data)
+        _raw_sends(settings), send, changelog(raw_table), raw_table.data,
+        lambda p: read_partition(settings.kafka.bootstrap, raw_table.changelog_topic_name, p))
     combine_agent = CheckpointedAgent(
         "combine", cfg.state_buckets, decode_site_state, lambda p, state: SiteStage(p, state, cfg),
-        _site_sends(settings), send, changelog(site_table), site_table.data)
+        _site_sends(settings), send, changelog(site_table), site_table.data,
+        lambda p: read_partition(settings.kafka.bootstrap, site_table.changelog_topic_name, p))
     agents = {t.telemetry: analyse_agent, t.partials: combine_agent}
 
     # concurrency=1: with more, faust can commit past an in-flight message (faust #606).

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from faust.types import EventT
@@ -52,14 +52,17 @@ class CheckpointedAgent(Generic[StageT]):
     counts)` feeds it one partition's events and returns what to send; `send(topic, key,
     value)` hands a message to the producer and returns its delivery future;
     `send_changelog(partition, key, value)` does the same for a state bucket; `table_data` is
-    the table's in-memory mapping (`<partition>/<bucket>` -> bytes)."""
+    the table's in-memory mapping (`<partition>/<bucket>` -> bytes); `read_changelog(partition)`
+    reads that partition's changelog from Kafka directly, the fallback when the table's copy is
+    found behind the input (below)."""
 
     def __init__(self, name: str, buckets: int, decode: Callable[[str, Any], Any],
                  make_stage: Callable[[int, PartitionState], StageT],
                  run: Callable[[StageT, Sequence[EventT], Counter[str]], list[Send]],
                  send: Callable[[str, bytes | None, bytes], Awaitable[Any]],
                  send_changelog: Callable[[int, bytes, bytes], Awaitable[Any]],
-                 table_data: Any, max_backoff_s: float = 30.0) -> None:
+                 table_data: Any, read_changelog: Callable[[int], Mapping[bytes, bytes]] | None = None,
+                 max_backoff_s: float = 30.0) -> None:
         self.name = name
         self.buckets = buckets
         self.decode = decode
@@ -68,6 +71,7 @@ class CheckpointedAgent(Generic[StageT]):
         self.send = send
         self.send_changelog = send_changelog
         self.table_data = table_data
+        self.read_changelog = read_changelog
         self.max_backoff_s = max_backoff_s
         self.stages: dict[int, tuple[StageT, PartitionState]] = {}
         self.counts: Counter[str] = Counter()
@@ -109,14 +113,23 @@ class CheckpointedAgent(Generic[StageT]):
         sends: list[Send] = []
         for partition, events in by_partition.items():
             stage, state = self.stage(partition)
-            done = state.get(OFFSET_KEY)
             first = events[0].message.offset
-            if first > (done if done is not None else -1) + 1:
-                # Records between the checkpoint and this batch never reached the state: Faust
-                # resumed past the checkpoint, or retention deleted them before they were read.
+            if _gap(state, first) and self.read_changelog is not None:
+                # The input resumes past the loaded checkpoint: the table's recovered copy is
+                # behind the changelog (seen right after rebalances). Read the changelog itself.
+                counts["state_reloads"] += 1
+                stored = await asyncio.to_thread(self.read_changelog, partition)
+                self.table_data.update(stored)
+                self.forget({partition})
+                stage, state = self.stage(partition)
+                log.warning("partition state re-read from its changelog", agent=self.name, partition=partition,
+                            checkpoint_offset=state.get(OFFSET_KEY), first_offset=first)
+            if _gap(state, first):
+                # Records between the checkpoint and this batch never reached the state: retention
+                # deleted them before they were read, or the changelog lost them.
                 counts["offset_gaps"] += 1
                 log.error("input offset gap: records after the partition's checkpoint were skipped", agent=self.name,
-                          partition=partition, checkpoint_offset=done, first_offset=first)
+                          partition=partition, checkpoint_offset=state.get(OFFSET_KEY), first_offset=first)
             sends.extend(self.run(stage, events, counts))
         await self._confirm([await self.send(topic, key, value) for topic, key, value in sends])
         writes = {partition: self.stages[partition][1].dirty_buckets() for partition in by_partition}
@@ -138,6 +151,11 @@ class CheckpointedAgent(Generic[StageT]):
         failed = [o for o in outcomes if isinstance(o, BaseException)]
         if failed:
             raise DeliveryFailed(f"{len(failed)} of {len(futures)} deliveries failed, first: {failed[0]!r}")
+
+
+def _gap(state: PartitionState, first_offset: int) -> bool:
+    done = state.get(OFFSET_KEY)
+    return first_offset > (done if done is not None else -1) + 1
 
 
 async def run_batches(agent: CheckpointedAgent[Any], batches: Any) -> None:

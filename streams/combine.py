@@ -192,21 +192,49 @@ def _rollups(site: str, state: SiteState, totals: dict[str, WindowTotals], end: 
 
 
 def site_key(site: str) -> str:
+    """A site's combiner clock and roll-up history (its `SiteState` without pending partials)."""
     return f"site/{site}"
 
 
+def pending_key(site: str, start_ms: int) -> str:
+    """The partials in so far of one of a site's open windows. Stored apart from the site so
+    that a checkpoint writes what changed, and no state value grows with the number of
+    windows a slow partition keeps open (each is at most one partial per raw partition)."""
+    return f"pending/{site}/{start_ms}"
+
+
 def decode_site_state(key: str, data: Any) -> Any:
-    return SiteState.from_json(data) if key.startswith("site/") else data
+    return SiteState.from_json(data) if key.startswith("site/") else data  # pending: the partials' JSON
 
 
 class SiteStage:
     """The combiner for one partition of the partials topic (keyed by site), without Kafka:
-    the same offset guard and state as the raw stage, so it checkpoints the same way."""
+    the same offset guard and state as the raw stage, so it checkpoints the same way. Each
+    site's `SiteState` is assembled from its stored pieces on first use and kept here."""
 
     def __init__(self, partition: int, state: PartitionState, analytics: AnalyticsSettings) -> None:
         self.partition = partition
         self.state = state
         self.cfg = analytics
+        self.sites: dict[str, SiteState] = {}
+
+    def _site(self, name: str) -> SiteState:
+        site = self.sites.get(name)
+        if site is None:
+            stored: SiteState | None = self.state.get(site_key(name))
+            site = SiteState(next_start_ms=stored.next_start_ms, history=stored.history) if stored else SiteState()
+            prefix = f"pending/{name}/"
+            for key in [k for k in self.state if k.startswith(prefix)]:
+                site.pending[int(key[len(prefix):])] = {p.partition: p for p in map(SitePartial.from_json, self.state[key])}
+            self.sites[name] = site
+        return site
+
+    def _store(self, name: str, site: SiteState, starts_before: set[int]) -> None:
+        self.state[site_key(name)] = SiteState(next_start_ms=site.next_start_ms, history=site.history)
+        for start in starts_before - site.pending.keys():
+            self.state.pop(pending_key(name, start), None)
+        for start, parts in site.pending.items():
+            self.state[pending_key(name, start)] = [p.to_json() for p in parts.values()]
 
     def handle(self, out: list[AnalyticsPoint], counts: Counter[str], offset: int, value: bytes | None) -> None:
         done = self.state.get(OFFSET_KEY)
@@ -221,10 +249,10 @@ class SiteStage:
             counts["unreadable_partials"] += 1
             log.error("unreadable partial skipped", partition=self.partition, offset=offset, error=repr(exc))
         else:
-            key = site_key(partial.site)
-            site: SiteState = self.state.get(key) or SiteState()
+            site = self._site(partial.site)
             if site.next_start_ms is not None and partial.start_ms < site.next_start_ms:
                 counts["stale_partials"] += 1  # a redelivery: that window was combined already
+            starts_before = set(site.pending)
             before = site.to_json()
             try:
                 points = add_partial(site, partial, self.cfg)
@@ -232,9 +260,10 @@ class SiteStage:
                 counts["combine_errors"] += 1
                 log.exception("partial could not be combined; skipped", site=partial.site, start_ms=partial.start_ms,
                               partition=partial.partition, error=repr(exc))
-                site, points = SiteState.from_json(before), []
+                site = self.sites[partial.site] = SiteState.from_json(before)
+                points = []
             counts["partials"] += 1
             counts["site_results"] += len(points)
             out.extend(points)
-            self.state[key] = site
+            self._store(partial.site, site, starts_before)
         self.state[OFFSET_KEY] = offset

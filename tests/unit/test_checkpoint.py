@@ -261,6 +261,25 @@ def test_input_that_resumes_past_the_checkpoint_is_counted_as_a_gap() -> None:
     assert a.counts["offset_gaps"] == 1
 
 
+def test_a_table_copy_behind_the_input_is_replaced_by_the_changelog_itself() -> None:
+    events = [e for e in events_of(6) if e.message.partition == 0]
+    first_owner = FakeDelivery()
+    changelog: dict[bytes, bytes] = {}
+    a = agent(first_owner, FakeDelivery(), changelog)
+    asyncio.run(a.handle(events[:3]))
+    reads: list[int] = []
+
+    def read_changelog(partition: int) -> dict[bytes, bytes]:
+        reads.append(partition)
+        return dict(changelog)
+
+    # The next owner's table recovered nothing, but the committed offset says 3.
+    b = agent(FakeDelivery(), FakeDelivery(), {}, read_changelog=read_changelog)
+    asyncio.run(b.handle(events[3:]))
+    assert reads == [0] and b.counts["state_reloads"] == 1 and b.counts["offset_gaps"] == 0
+    assert offset_guard(b.table_data, 0) == events[-1].message.offset
+
+
 # ---- a batch that cannot be checkpointed ends the process -------------------------------------------
 
 class Exited(BaseException):

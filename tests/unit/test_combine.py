@@ -348,3 +348,26 @@ def test_an_unreadable_partial_is_counted_and_skipped() -> None:
     for offset, value in enumerate([b"{not json", b'{"site": "s1"}', None]):
         stage.handle([], counts, offset, value)
     assert counts == {"unreadable_partials": 3} and state[OFFSET_KEY] == 2
+
+
+def test_the_combine_stage_restored_from_a_checkpoint_carries_on_exactly_and_stores_windows_apart(toy) -> None:
+    _, parts = toy
+    ordered = interleave(by_partition(parts), random.Random(2))
+    steady = as_bytes(combine(ordered))
+    state = PartitionState(0, 8, decode_site_state)
+    points: list[AnalyticsPoint] = []
+    stage = SiteStage(0, state, CFG)
+    for offset, partial in enumerate(ordered[:47]):
+        stage.handle(points, Counter(), offset, orjson.dumps(partial.to_json()))
+    assert stage.sites[SITE].pending
+    table = dict(state.dirty_buckets())
+    # Every open window is a value of its own; the site's own value holds no partials.
+    assert sorted(int(k.split("/")[-1]) for k in state if k.startswith("pending/")) == sorted(stage.sites[SITE].pending)
+    assert state[site_key(SITE)].pending == {}
+    restored = PartitionState(0, 8, decode_site_state)
+    restored.load(table)
+    stage = SiteStage(0, restored, CFG)
+    for offset, partial in enumerate(ordered[47:], start=47):
+        stage.handle(points, Counter(), offset, orjson.dumps(partial.to_json()))
+    assert as_bytes(points) == steady
+    assert not [k for k in restored if k.startswith("pending/")] or stage.sites[SITE].pending
