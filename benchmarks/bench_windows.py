@@ -1,62 +1,59 @@
-"""The analytics stage's throughput against Quix Streams computing the same windows, in one run.
+"""The analytics stage against Quix Streams on the same v2 topic and windows, and its scale-out.
 
     .venv/bin/pip install -e '.[test,bench]'               # adds quixstreams to the venv
-    .venv/bin/python benchmarks/bench_windows.py           # 150,000 hengqin records (or: ./run python ...)
-    .venv/bin/python benchmarks/bench_windows.py --records 20000
-    .venv/bin/python benchmarks/bench_windows.py --profile --py-spy PATH   # Faust stage only, sampled by py-spy
-    .venv/bin/python benchmarks/bench_windows.py --profile cprofile         # Faust stage only, under cProfile
+    .venv/bin/python benchmarks/bench_windows.py                     # 300,000 hengqin samples: (a)-(d)
+    .venv/bin/python benchmarks/bench_windows.py --workers 1 2 3     # scale-out: 1, 2, 3 `dcpulse streams`
 
-Starts the local servers if needed (`dcpulse services up`), then runs, one after the other:
+Starts the local servers if needed. The simulator (hengqin, seed 7, start 2026-07-01T00:00Z, so
+every run sends the same bytes) gives at least N samples in whole ticks: one batch per agent and
+tick (key `<site>/<agent>`), each tick's watermark broadcast to every partition, published with
+the project's TelemetryPublisher and run_scenario into a fresh 12-partition raw topic. Then,
+one after the other, on that topic:
 
-1. Produce N records of the `hengqin` preset (fixed seed and start, so every run sends the same
-   bytes) with TelemetryPublisher into a fresh 6-partition raw topic `<prefix>.telemetry.v1`
-   (unique prefix per run; key = site, so all of them land on one partition, by design).
-2. dcpulse, pure engine: `streams/offline.py: reference_results` (validation rules + window
-   engine, dicts instead of tables) over the same records read back from the topic: no Kafka.
-3. dcpulse, the real stage: `python -m dcpulse.cli streams` with DCPULSE_TOPICS__PREFIX=<prefix>,
-   i.e. the Faust worker's `analyse` agent: raw -> valid | dead letter, and the windows -> PUE and
-   utilisation topics, in one pass per batch, state in the changelog-backed table `dcpulse-state`.
-4. Quix Streams: an Application (own consumer group, auto_offset_reset earliest) on the same raw
-   topic: JSON parse, event time = the record's `ts`, per site (the Kafka key) a 1-minute tumbling
-   window with 30 s grace that collects, per record, the meter register sample (facility meter,
-   UPS output, PDU and server energy) and the accelerator utilisations; on close, per rack
-   mean/p95/max utilisation and, with the register samples around the window's boundaries kept in
-   state, PUE categories 1-3 from interpolated meter deltas (dcpulse.streams.energy). It needs
-   the first sample after a window's end, so it emits a window's PUE when the next one closes.
-   Its results are compared with dcpulse's at the end (same windows, same values expected).
-   The dcpulse stage does more per record: validation (contract, plausibility, duplicates, clock
-   skew, dead letters), forwards every valid record to the valid topic, and computes roll-ups,
-   pPUE, efficiency and hall/site utilisation on close; the pure-engine figure is that logic without Kafka.
-5. faust-streaming alone: a Faust worker with the stage's agent shape (take_events, same batch
-   and client settings) that does nothing with the records, measured the same way: the
-   framework's own ceiling on this machine, for reading the ratio.
+(a) dcpulse pure engine: streams/offline.py `reference_results` over the records read back
+    (validation, per-partition stage, site combiner; no Kafka, no checkpoints).
+(b) dcpulse worker: one `python -m dcpulse.cli streams` process (both agents: `analyse` validates,
+    forwards valid batches, dead-letters, folds windows and emits rack results and site partials;
+    `combine` turns partials into PUE 1-3, pPUE, WUE/ITUE/TUE, hall and site utilisation and
+    roll-ups), every batch checkpointed (outputs and state confirmed before the commit).
+(c) Quix Streams, written as a Quix user would, in one Application: JSON value, watermark records
+    dropped (Quix keeps its own event time), `apply(samples, expand=True)`, event time from each
+    sample's `ts`, then per agent (the Kafka key) a 1-minute tumbling window with 30 s grace and
+    Quix's own aggregations: Reduce (first and last register sample per meter), Collect
+    (accelerator utilisations), Mean (CPU utilisation, PDU power), Last (rated power, rack, hall).
+    On close: the rack's utilisation (mean, p95, max and count of accelerator utilisation, CPU
+    mean, PDU power against rated) and, from state, the previous window's energy per meter
+    (register interpolated at both edges between the neighbouring windows' samples) summed per
+    agent; those partials are re-keyed by site (`group_by`, a repartition topic) into a second
+    tumbling window (Collect, grace --quix-site-grace) that gives PUE 1-3, pPUE per hall and WUE.
+    Quix does NOT do: validation and dead letters (contract, plausibility, duplicates, clock
+    skew), forwarding to the valid topic, ITUE/TUE, CDU heat, hall and site utilisation,
+    15-minute and 1-hour roll-ups, power-gauge fallbacks, register resets inside a window, and
+    closing by watermarks: its windows close on the largest timestamp seen per key, so results
+    depend on arrival order (late partials are dropped and counted).
+(d) faust-streaming alone: an agent with the stage's shape (take_events, same batch and client
+    settings) that does nothing with the records: the framework's ceiling here.
 
-How throughput is measured (every Kafka worker the same way): a monitor polls the committed
-offsets of the worker's consumer group every 0.2 s, from just before the process is spawned.
-Done = every record is committed (dcpulse: the raw topic, in group `<prefix>-streams`, and every
-outcome is on the valid or dead-letter topic; Quix: the raw topic). Committed offsets
-are what the worker itself declares processed, in the same terms for both. Watching the result
-topics stop growing would not do: results only come when a window closes, 30 s of event time
-after its end, so the last 30-90 s of event time (10% of the default run) produce nothing
-observable, and "stopped growing" needs a quiet period that is itself a guess. Both workers
-commit on a timer: Faust every 2.8 s (or 10,000 records), Quix set to the same 2.8 s (its default
-is 5 s), so the end is seen up to ~2.8 s late on both sides.
+--workers 1 2 3 instead runs (a), then dcpulse with 1, 2 and 3 worker processes in one consumer
+group, each count on its own copy of the topic (the same records, published once per copy from
+one simulation, since the group and the output topics follow the topic prefix); it prints
+samples per CPU-second of the workers (the sum of their CPU time from /proc), the ratio of 2 and
+3 workers to 1 (target within 15 %), and whether every run's result topics (keyed by point key)
+are identical to each other and to the offline reference.
 
-Printed per stage: records/s from process start to all committed (start-up included, nothing
-subtracted); start-up = time to the first committed offset; steady records/s = records committed
-after that first commit over the time from it to the end; the worker's CPU time (/proc, all
-threads) and the broker's meanwhile (a shared broker: other clients count too). A second line
-gives the processing span from the stage's own timestamps (dcpulse: the Kafka timestamps of its
-first valid output and of its last state changelog write, one per batch; Quix: its
-on_message_processed callback), free of the commit cadence. The ratio is of steady records/s.
+How throughput is measured (every worker the same way): a monitor polls the group's committed
+offsets every 0.2 s from just before the processes are spawned; committed offsets are mapped to
+samples through the records read back. Done = every raw record committed (dcpulse confirms every
+output and its state before committing, Quix after its checkpoint). Steady = from the first poll
+at which the group is Stable with all its members and has committed something, to done: start-up
+and the first rebalances are left out. Both commit every 2.8 s (Faust's default; Quix is set to
+it), so the end is seen up to ~2.8 s late on both sides. Printed per stage: samples/s steady and
+from process start, the workers' CPU seconds (/proc, all threads) and samples per CPU-second,
+the broker's CPU meanwhile (a shared broker: other clients count too).
 
---profile runs produce, pure engine and the Faust stage only, with the worker sampled by py-spy
-(`pip install py-spy` anywhere, then --py-spy PATH unless it is on PATH; 100 Hz, from outside
-the process) or under cProfile (in-process, deterministic, several times slower), and prints own
-time by package, the top functions and the stage's entry points inclusive.
-
-Figures are single runs on a shared, noisy 2-core machine; nothing is asserted on them. Every
-topic and consumer group of the run carries the run id and is deleted at the end.
+Everything carries the run id (`bench-windows-<id>`: topics, groups, Quix's internal topics, a
+temporary state directory), on 127.0.0.1, and is deleted at the end, also on error. Every
+stage is bounded by --timeout. Figures are single runs on a shared machine; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -65,8 +62,6 @@ import argparse
 import json
 import math
 import os
-import pstats
-import re
 import shutil
 import signal
 import subprocess
@@ -81,102 +76,175 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-# The monitor's and the Quix worker's own imports stay light; dcpulse modules load in main().
+import orjson
+
+# The workers' own imports stay light; dcpulse modules load where they are used.
 
 START = datetime(2026, 7, 1, tzinfo=UTC)  # the scenario model's default start: fixed, reproducible
 SEED = 7
 COMMIT_INTERVAL_S = 2.8  # faust's default broker_commit_interval; Quix is set to the same
 POLL_S = 0.2
-PY_SPY_HZ = 100
-REPO = str(Path(__file__).resolve().parents[1]) + "/"
+Record = tuple[int, int | None, bytes | None, bytes | None]  # (partition, Kafka timestamp ms, key, value)
 
 
-# ---- Quix Streams worker (runs in its own process: `bench_windows.py --quix-worker ...`) --------
+# ---- Quix Streams worker (its own process: `bench_windows.py --quix-worker ...`) -----------------
 
-def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_dir: str) -> None:
+def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_dir: str, site_grace_s: str) -> None:
     from quixstreams import Application
+    from quixstreams.dataframe.windows import Collect, Last, Mean, Reduce
 
     from dcpulse.settings import AnalyticsSettings
-    from dcpulse.streams.energy import percentile, pue, sum_meters, window_energy
-    from dcpulse.streams.windows import IT_METERS
+    from dcpulse.streams.energy import percentile, window_energy
+    from dcpulse.streams.windows import HALL_ENERGIES, SITE_ENERGIES
 
-    analytics = AnalyticsSettings()  # the same windows as the dcpulse stage
-    window_s, grace_s = analytics.window_s, analytics.allowed_lateness_s
+    cfg = AnalyticsSettings()  # the same windows as the dcpulse stage
+    window_ms, grace_ms = cfg.window_s * 1000, round(cfg.allowed_lateness_s * 1000)
+    label = f"{cfg.window_s // 60}m"
+    meters: dict[str, list[tuple[str, str]]] = defaultdict(list)  # kind -> (register, energy group)
+    for name, (kind, register) in {**HALL_ENERGIES, **SITE_ENERGIES}.items():
+        meters[kind].append((register, name))
+    progress: Counter[str] = Counter()
 
-    meters = {"facility_meter": "energy_kwh", **dict(IT_METERS.values())}
-    progress = {"first": None, "last": None, "count": 0, "outputs": 0}
+    def row(sample: dict) -> dict:
+        """What the windows need of one sample."""
+        kind, m = sample["kind"], sample["metrics"]
+        server = kind == "server"
+        return {"t": round(datetime.fromisoformat(sample["ts"]).timestamp() * 1000), "device": sample["device"],
+                "hall": sample.get("hall"), "rack": sample.get("rack"),
+                "meters": [[name, m[register]] for register, name in meters.get(kind, ()) if register in m],
+                "util": [v for k, v in m.items() if k.startswith("acc") and k.endswith("_util")] if server else None,
+                "cpu": m.get("cpu_util") if server else None,
+                "kw": m.get("power_kw") if kind == "pdu" else None,
+                "rated": m.get("rated_kw") if kind == "pdu" else None}
 
-    def processed(_topic: str, _partition: int, _offset: int) -> None:
-        now = time.time()
-        if progress["first"] is None:
-            progress["first"] = now
-        progress["last"] = now
-        progress["count"] += 1
+    def add_meters(acc: dict, r: dict) -> dict:
+        """Per meter (`device|group`): [hall, first t, first value, last t, last value]."""
+        for name, value in r["meters"]:
+            m = acc.get(f"{r['device']}|{name}")
+            if m is None:
+                acc[f"{r['device']}|{name}"] = [r["hall"], r["t"], value, r["t"], value]
+            elif r["t"] >= m[3]:
+                m[3], m[4] = r["t"], value
+            elif r["t"] < m[1]:
+                m[1], m[2] = r["t"], value
+        return acc
 
-    def event_time(value: Any, _headers: Any, _timestamp: int, _type: Any) -> int:
-        t = datetime.fromisoformat(value["ts"]).timestamp()  # the record's own event time
-        value["_t"] = t  # seconds, as dcpulse's engine uses them
-        return int(round(t * 1000))
+    def late(*_: Any) -> bool:
+        progress["late_samples"] += 1
+        return False  # counted, not logged
 
-    def slim(value: dict) -> list:
-        """What the window keeps of one record: its meter register sample, its accelerators' utilisation."""
-        kind, m = value["kind"], value["metrics"]
-        register = meters.get(kind)
-        util = [v for k, v in m.items() if k.startswith("acc") and k.endswith("_util")] if kind == "server" else None
-        return [kind, value["device"], value["rack"], value["_t"], m.get(register) if register else None, util]
+    def late_partial(*_: Any) -> bool:
+        progress["late_partials"] += 1
+        return False
 
-    def pue_points(site: str, start: float, tail: dict, pending: dict, following: dict) -> list[dict]:
-        """PUE of the window [start, start + window_s): each meter's samples in it, plus the last one
-        before it and the first one after it, interpolated at both boundaries."""
+    def rack_point(site: str, w: dict) -> dict:
+        util = [u for us in w["util"] if us for u in us]
+        fields: dict[str, float] = {}
+        if util:
+            fields.update(acc_util_mean=math.fsum(util) / len(util), acc_util_p95=percentile(util, 95),
+                          acc_util_max=max(util), acc_samples=float(len(util)))
+        if w["cpu"] is not None:
+            fields["cpu_util_mean"] = w["cpu"]
+        if w["kw"] is not None:
+            fields["power_kw"] = w["kw"]
+            if w["rated"]:
+                fields.update(provisioned_kw=w["rated"], power_ratio=w["kw"] / w["rated"])
+        tags = {"site": site, "level": "rack", "entity": w["rack"], "window": label, "hall": w["hall"]}
+        return {"kind": "point", "measurement": "utilisation", "tags": tags, "fields": fields, "start": w["start"]}
+
+    def partial(site: str, start: int, tail: dict, current: dict, following: dict) -> dict:
+        """Energy per group over [start, start + window) of this agent's meters: each register
+        interpolated at both edges between the samples around them."""
         energies: dict[str, list] = defaultdict(list)
-        for key in sorted(set(tail) | set(pending) | set(following)):
-            samples = ([tail[key]] if key in tail else []) + pending.get(key, []) + following.get(key, [])[:1]
-            energies[key.split("/", 1)[0]].append(window_energy([tuple(s) for s in samples], start, start + window_s))
-        facility = sum_meters(energies["facility_meter"], len(energies["facility_meter"]))
-        points = []
-        for category, (kind, _register) in IT_METERS.items():
-            it = sum_meters(energies[kind], len(energies[kind]))
-            if it.expected == 0:
-                continue
-            value, coverage = pue(facility, it)
-            points.append({"measurement": "pue", "site": site, "category": category, "start": start,
-                           "pue": value, "facility_kwh": facility.kwh, "it_kwh": it.kwh, "coverage": coverage})
-        return points
+        for key in sorted(set(tail) | set(current) | set(following)):
+            samples, hall = [], None
+            if key in tail:
+                hall, t, v = tail[key]
+                samples.append((t, v))
+            if key in current:
+                hall, t0, v0, t1, v1 = current[key]
+                samples += [(t0, v0), (t1, v1)]
+            if key in following:
+                hall, t0, v0, _, _ = following[key]
+                samples.append((t0, v0))
+            name = key.rsplit("|", 1)[1]
+            energies[name if name in SITE_ENERGIES else f"{name}/{hall}"].append(
+                window_energy(samples, start, start + window_ms))
+        sums = {name: [math.fsum(e for e in es if e is not None), sum(e is not None for e in es), len(es)]
+                for name, es in energies.items()}
+        return {"kind": "partial", "site": site, "start": start, "energies": sums}
 
-    def close_window(window: dict, key: bytes, _timestamp: int, _headers: Any, state: Any) -> list[dict]:
-        site = key.decode()
-        start = window["start"] / 1000
-        registers: dict[str, list] = {}
-        racks: dict[str, list] = defaultdict(list)
-        for kind, device, rack, ts, register, util in window["value"]:  # in event-time order
-            if register is not None:
-                registers.setdefault(f"{kind}/{device}", []).append([ts, register])
-            if util:
-                racks[rack].extend(util)
-        points = [{"measurement": "utilisation", "site": site, "rack": rack, "start": start,
-                   "acc_util_mean": math.fsum(u) / len(u), "acc_util_p95": percentile(u, 95),
-                   "acc_util_max": max(u), "acc_samples": len(u)} for rack, u in sorted(racks.items())]
-        pending = state.get("pending")  # the previous window, waiting for its first sample after the end
-        tail = state.get("tail", {})  # each meter's last sample before the pending window
-        if pending is not None:
-            if pending["start"] == start - window_s:
-                points.extend(pue_points(site, pending["start"], tail, pending["registers"], registers))
-            tail = {**tail, **{k: v[-1] for k, v in pending["registers"].items()}}
-        state.set("tail", tail)
-        state.set("pending", {"start": start, "registers": registers})
-        progress["outputs"] += len(points)
-        return points
+    def agent_closed(w: dict, key: bytes, _ts: int, _headers: Any, state: Any) -> list[dict]:
+        """A closed agent window: its rack result now, the previous window's energies (they need
+        this window's first samples)."""
+        site = key.decode().split("/", 1)[0]
+        out = [rack_point(site, w)] if w["rack"] is not None else []
+        prev, tail = state.get("prev"), state.get("tail", {})
+        if prev is not None:
+            if prev["start"] == w["start"] - window_ms:
+                out.append(partial(site, prev["start"], tail, prev["meters"], w["meters"]))
+            tail = {**tail, **{k: [m[0], m[3], m[4]] for k, m in prev["meters"].items()}}
+            state.set("tail", tail)
+        state.set("prev", {"start": w["start"], "meters": w["meters"]})
+        return out
+
+    def site_closed(w: dict) -> list[dict]:
+        site = w["value"][0]["site"]
+        names = {name for p in w["value"] for name in p["energies"]}
+        total = {name: [math.fsum(p["energies"][name][0] for p in w["value"] if name in p["energies"]),
+                        sum(p["energies"][name][1] for p in w["value"] if name in p["energies"])] for name in names}
+
+        def kwh(group: str) -> tuple[float, int]:
+            found = [v for name, v in total.items() if name == group or name.startswith(group + "/")]
+            return math.fsum(v[0] for v in found), sum(v[1] for v in found)
+
+        def point(measurement: str, tags: dict, fields: dict) -> dict:
+            return {"kind": "point", "measurement": measurement, "tags": {"site": site, **tags, "window": label},
+                    "fields": fields, "start": w["start"]}
+
+        facility, facility_n = kwh("facility")
+        out = []
+        for category, group in (("1", "ups_out"), ("2", "pdu"), ("3", "server")):
+            it, _ = kwh(group)
+            fields = {"facility_kwh": facility, "it_kwh": it}
+            if facility_n and it > 0:
+                fields["pue"] = facility / it
+            out.append(point("pue", {"category": category}, fields))
+        for hall in sorted({name.split("/", 1)[1] for name in names if name.startswith("pdu/")}):
+            it, _ = kwh(f"pdu/{hall}")
+            zone = math.fsum(kwh(f"{g}/{hall}")[0] for g in ("ups_in", "cdu", "crah"))
+            if it > 0 and kwh(f"ups_in/{hall}")[1]:
+                out.append(point("ppue", {"hall": hall}, {"it_kwh": it, "ppue": zone / it, "infra_kwh": zone - it}))
+        water, water_n = kwh("water")
+        it1, _ = kwh("ups_out")
+        if water_n and it1 > 0:
+            out.append(point("site_efficiency", {}, {"water_l": water, "wue_l_per_kwh": water / it1}))
+        return out
+
+    def processed(*_: Any) -> None:
+        progress["messages"] += 1
 
     app = Application(broker_address=bootstrap, consumer_group=group, auto_offset_reset="earliest",
                       commit_interval=COMMIT_INTERVAL_S, state_dir=state_dir, loglevel="WARNING",
                       on_message_processed=processed)
-    raw = app.topic(source, value_deserializer="json", timestamp_extractor=event_time)
-    results = app.topic(out_topic, value_serializer="json")
+    raw = app.topic(source, value_deserializer="json")
+    results = app.topic(out_topic, value_serializer="json", key_serializer="str")
     sdf = app.dataframe(raw)
-    sdf = sdf.apply(slim)
-    sdf = sdf.tumbling_window(duration_ms=window_s * 1000, grace_ms=int(grace_s * 1000)).collect().final()
-    sdf = sdf.apply(close_window, stateful=True, expand=True, metadata=True)
-    sdf.to_topic(results)
+    sdf = sdf.filter(lambda value: "samples" in value)  # watermark records: Quix keeps its own event time
+    sdf = sdf.apply(lambda batch: batch["samples"], expand=True)
+    sdf = sdf.apply(row)
+    sdf = sdf.set_timestamp(lambda r, *_: r["t"])
+    closed = (sdf.tumbling_window(duration_ms=window_ms, grace_ms=grace_ms, on_late=late)
+              .agg(meters=Reduce(add_meters, lambda r: add_meters({}, r)), util=Collect("util"), cpu=Mean("cpu"),
+                   kw=Mean("kw"), rated=Last("rated"), rack=Last("rack"), hall=Last("hall"))
+              .final())
+    closed = closed.apply(agent_closed, stateful=True, expand=True, metadata=True)
+    closed.filter(lambda r: r["kind"] == "point").to_topic(results, key=lambda r: r["tags"]["site"])
+    sites = closed.filter(lambda r: r["kind"] == "partial").group_by(lambda r: r["site"], name="site")
+    sites = sites.set_timestamp(lambda p, *_: p["start"])
+    sites = (sites.tumbling_window(duration_ms=window_ms, grace_ms=round(float(site_grace_s) * 1000),
+                                   on_late=late_partial).collect().final())
+    sites.apply(site_closed, expand=True).to_topic(results, key=lambda r: r["tags"]["site"])
     app.run()  # until SIGTERM from the monitor
     print(json.dumps(progress), flush=True)
 
@@ -202,50 +270,10 @@ def faust_noop_worker(source: str, group: str) -> None:
     run_faust_worker(app)
 
 
-# ---- the monitor ---------------------------------------------------------------------------------
-
-@dataclass
-class StageRun:
-    records: int
-    total_s: float  # process spawn -> every record committed
-    startup_s: float  # process spawn -> first committed offset
-    first_committed: int  # records covered by that first commit
-    cpu_s: float | None  # the worker process's CPU time (all threads) until done
-    broker_cpu_s: float | None  # the Kafka broker's CPU time meanwhile (shared broker: others count too)
-    span: tuple[float, float] | None = None  # processing first / last record, seconds after spawn
-    spawned_wall: float | None = None  # wall-clock time the worker was spawned
-
-    @property
-    def rate(self) -> float:
-        return self.records / self.total_s
-
-    @property
-    def steady(self) -> float:
-        """nan when the first commit already covered every record (a run too short to tell)."""
-        span = self.total_s - self.startup_s
-        return (self.records - self.first_committed) / span if span > 0 else math.nan
-
-    @property
-    def span_rate(self) -> float | None:
-        return self.records / (self.span[1] - self.span[0]) if self.span else None
-
-
-def describe(run: StageRun) -> str:
-    line = (f"{run.records:,} records in {run.total_s:.1f} s from process start = {run.rate:,.0f} records/s; "
-            f"start-up {run.startup_s:.1f} s (first committed offset, {run.first_committed:,} records in), "
-            f"steady {run.steady:,.0f} records/s")
-    if run.cpu_s is not None:
-        line += f"; worker CPU {run.cpu_s:.1f} s ({run.records / run.cpu_s:,.0f} records per CPU s)"
-    if run.broker_cpu_s is not None:
-        line += f", broker CPU meanwhile {run.broker_cpu_s:.1f} s"
-    if run.span:
-        line += (f"\n    processing span from its own timestamps: first record at {run.span[0]:.1f} s, last at "
-                 f"{run.span[1]:.1f} s = {run.span_rate:,.0f} records/s")
-    return line
-
+# ---- Kafka, as the monitor sees it --------------------------------------------------------------
 
 class Kafka:
-    """The monitor's kafka-python clients."""
+    """The monitor's kafka-python admin client and a reader."""
 
     def __init__(self, bootstrap: str) -> None:
         from kafka import KafkaAdminClient
@@ -253,16 +281,16 @@ class Kafka:
         self.bootstrap = bootstrap
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-windows")
 
-    def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+    def partitions(self, topic: str) -> int:
+        return len(self.admin.describe_topics([topic])[0]["partitions"])
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
         from kafka import TopicPartition
         from kafka.admin import OffsetSpec
 
         found = self.admin.list_partition_offsets({TopicPartition(topic, p): OffsetSpec.LATEST
-                                                   for p in range(partitions)})
+                                                   for p in range(self.partitions(topic))})
         return {tp.partition: o.offset for tp, o in found.items()}
-
-    def partitions(self, topic: str) -> int:
-        return len(self.admin.describe_topics([topic])[0]["partitions"])
 
     def committed(self, group: str) -> dict[tuple[str, int], int]:
         try:
@@ -271,15 +299,35 @@ class Kafka:
             return {}
         return {(tp.topic, tp.partition): o.offset for tp, o in found.items() if o.offset >= 0}
 
-    def read(self, topic: str, partitions: int) -> list[tuple[int, int, bytes | None, bytes | None]]:
-        """Every record of `topic`: (partition, Kafka timestamp ms, key, value), each partition in order."""
+    def stable_members(self, group: str) -> int:
+        """Members of the group if it is Stable (every member has its assignment), else 0."""
+        try:
+            found = self.admin.describe_groups([group]).get(group, {})
+        except Exception:
+            return 0
+        return len(found.get("members") or []) if found.get("group_state") == "Stable" else 0
+
+    def settle(self, group: str, timeout_s: float = 60.0) -> None:
+        """Wait until the group has committed the end of every topic it reads (the site steps
+        finish after the raw input is committed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            committed = self.committed(group)
+            topics = {t for t, _ in committed}
+            if topics and all(committed.get((t, p), 0) >= end for t in topics for p, end in self.end_offsets(t).items()):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"group {group} did not reach the end of its topics in {timeout_s:.0f} s")
+
+    def read(self, topic: str) -> list[Record]:
+        """Every record of `topic`, each partition in order."""
         from kafka import KafkaConsumer, TopicPartition
 
-        ends = self.end_offsets(topic, partitions)
+        ends = self.end_offsets(topic)
         tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
-        out: dict[int, list] = defaultdict(list)
         if not tps:
             return []
+        out: dict[int, list[Record]] = defaultdict(list)
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
                                  max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
         try:
@@ -296,42 +344,6 @@ class Kafka:
             consumer.close()
         return [r for p in sorted(out) for r in out[p]]
 
-    def last_timestamp(self, topic: str, partitions: int) -> int | None:
-        """The newest Kafka timestamp (ms) of any record of `topic`."""
-        from kafka import TopicPartition
-        from kafka.admin import OffsetSpec
-
-        try:
-            found = self.admin.list_partition_offsets({TopicPartition(topic, p): OffsetSpec.MAX_TIMESTAMP
-                                                       for p in range(partitions)})
-        except Exception:
-            return None
-        stamps = [o.timestamp for o in found.values() if o.offset >= 0 and o.timestamp >= 0]
-        return max(stamps) if stamps else None
-
-    def first_timestamp(self, topic: str, partitions: int) -> int | None:
-        """The oldest Kafka timestamp (ms) of the first record of any partition of `topic`."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        ends = self.end_offsets(topic, partitions)
-        tps = [TopicPartition(topic, p) for p, end in ends.items() if end > 0]
-        if not tps:
-            return None
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
-        try:
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            firsts: dict[int, int] = {}
-            deadline = time.monotonic() + 30
-            while len(firsts) < len(tps) and time.monotonic() < deadline:
-                for tp, messages in consumer.poll(timeout_ms=500, max_records=len(tps)).items():
-                    if messages:
-                        firsts.setdefault(tp.partition, messages[0].timestamp)
-                        consumer.pause(tp)
-        finally:
-            consumer.close()
-        return min(firsts.values()) if firsts else None
-
     def delete(self, run_id: str, groups: list[str]) -> None:
         topics = [t for t in self.admin.list_topics() if run_id in t]
         if topics:
@@ -346,6 +358,118 @@ class Kafka:
         self.admin.close()
 
 
+# ---- the simulated input ------------------------------------------------------------------------
+
+@dataclass
+class Produced:
+    samples: int
+    batches: int
+    ticks: int
+    sim_s: float
+    bytes: int
+    wall_s: float
+
+
+def produce(bootstrap: str, topics: list[str], samples: int) -> Produced:
+    """Whole hengqin ticks until they hold at least `samples` samples, every batch and watermark
+    published to each of `topics` (identical copies)."""
+    from dcpulse.producers.publisher import TelemetryPublisher
+    from dcpulse.producers.run import RunStats, run_scenario
+    from dcpulse.producers.scenario_args import build_scenario
+    from dcpulse.producers.simulator import ScenarioSimulator
+
+    sim = ScenarioSimulator(build_scenario(["hengqin"], None, [], SEED, START))
+    publishers = [TelemetryPublisher(bootstrap, topic) for topic in topics]
+    seen = [0]
+
+    def send(key: bytes, value: bytes, ts_ms: int) -> None:
+        for publisher in publishers:
+            publisher.publish_raw(key, value, ts_ms)
+
+    def broadcast(key: bytes, value: bytes, ts_ms: int) -> None:
+        for publisher in publishers:
+            publisher.broadcast(key, value, ts_ms)
+
+    def count(stats: RunStats) -> None:
+        seen[0] = stats.samples
+
+    started = time.monotonic()
+    # progress_every_s=0: count after every tick, so the run stops at the first tick that reaches N.
+    stats = run_scenario(sim, 30 * 86400.0, None, send, broadcast, on_progress=count, progress_every_s=0.0,
+                         stop=lambda: seen[0] >= samples)
+    for publisher in publishers:
+        publisher.close()
+        if publisher.failures or publisher.sent != publisher.published:
+            raise RuntimeError(f"publish failures: {dict(publisher.failures)}, sent {publisher.sent}/{publisher.published}")
+    return Produced(stats.samples, stats.messages, stats.watermarks, stats.sim_s, stats.bytes,
+                    time.monotonic() - started)
+
+
+class SampleIndex:
+    """Committed offsets -> samples: per partition, the samples in its records before each offset."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.before: dict[int, list[int]] = defaultdict(lambda: [0])
+        for partition, _, key, value in records:
+            n = 0 if key is None or key.endswith(b"/~watermark") else len(orjson.loads(value)["samples"])
+            self.before[partition].append(self.before[partition][-1] + n)
+        self.samples = sum(counts[-1] for counts in self.before.values())
+        self.records = sum(len(counts) - 1 for counts in self.before.values())
+
+    def at(self, committed: dict[int, int]) -> int:
+        return sum(self.before[p][min(o, len(self.before[p]) - 1)] for p, o in committed.items())
+
+
+# ---- running and watching workers ---------------------------------------------------------------
+
+@dataclass
+class Mark:
+    t: float  # seconds after spawn
+    samples: int  # committed
+    cpu: float | None  # the workers' CPU seconds so far
+
+
+@dataclass
+class StageRun:
+    samples: int
+    steady: Mark  # the group Stable with every member in, something committed
+    end: Mark  # every record committed
+    broker_cpu_s: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.samples / self.end.t
+
+    @property
+    def steady_rate(self) -> float:
+        """nan when the steady point already covered every sample (a run too short to tell)."""
+        span = self.end.t - self.steady.t
+        return (self.samples - self.steady.samples) / span if span > 0 else math.nan
+
+    @property
+    def per_cpu(self) -> float | None:
+        return self.samples / self.end.cpu if self.end.cpu else None
+
+    @property
+    def steady_per_cpu(self) -> float | None:
+        if self.end.cpu is None or self.steady.cpu is None or self.end.cpu <= self.steady.cpu:
+            return None
+        return (self.samples - self.steady.samples) / (self.end.cpu - self.steady.cpu)
+
+
+def describe(run: StageRun) -> str:
+    line = (f"{run.samples:,} samples, steady {run.steady_rate:,.0f} samples/s (from {run.steady.t:.1f} s, "
+            f"{run.steady.samples:,} committed then), {run.rate:,.0f} samples/s from process start "
+            f"({run.end.t:.1f} s)")
+    if run.end.cpu is not None:
+        line += f"; worker CPU {run.end.cpu:.1f} s = {run.per_cpu:,.0f} samples per CPU s"
+        if run.steady_per_cpu:
+            line += f" ({run.steady_per_cpu:,.0f} steady)"
+    if run.broker_cpu_s is not None:
+        line += f"; broker CPU meanwhile {run.broker_cpu_s:.1f} s"
+    return line
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """utime + stime of a process (all its threads), from /proc; None where that is not readable."""
     try:
@@ -355,313 +479,163 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
-def watch(proc: subprocess.Popen, log: Path, progress: Callable[[], int], done: Callable[[], bool],
-          timeout_s: float, broker_pid: int | None) -> StageRun:
-    """Poll the worker's committed offsets from spawn until done(); progress() = records committed."""
-    spawned = proc.spawned  # type: ignore[attr-defined]
-    broker_before = cpu_seconds(broker_pid)
-    first: tuple[float, int] | None = None
-    while True:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            raise RuntimeError(f"worker exited with code {proc.returncode}:\n{tail}")
-        now = time.monotonic()
-        count = progress()
-        if first is None and count > 0:
-            first = (now - spawned, count)
-        if done():
-            broker_after = cpu_seconds(broker_pid)
-            broker = broker_after - broker_before if broker_before is not None and broker_after is not None else None
-            first = first or (now - spawned, count)
-            return StageRun(count, now - spawned, first[0], first[1], cpu_seconds(proc.pid), broker)
-        if now - spawned > timeout_s:
-            raise RuntimeError(f"not done after {timeout_s:.0f} s; see {log}")
-        time.sleep(POLL_S)
+def cpu_sum(procs: list[subprocess.Popen]) -> float | None:
+    found = [cpu_seconds(p.pid) for p in procs]
+    return None if None in found else sum(found)  # type: ignore[arg-type]
 
 
 def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        spawned = time.monotonic()
-        wall = time.time()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    proc.spawned = spawned  # type: ignore[attr-defined]
-    proc.spawned_wall = wall  # type: ignore[attr-defined]
-    return proc
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
 
 
-def stop(proc: subprocess.Popen, grace_s: float = 60.0) -> None:
-    """SIGTERM (both workers shut down cleanly on it), SIGKILL after the grace period; our child only."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def stop(procs: list[subprocess.Popen], grace_s: float = 60.0) -> None:
+    """SIGTERM (every worker shuts down cleanly on it), SIGKILL after the grace period; our children only."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
         try:
-            proc.wait(timeout=grace_s)
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
 
 
-def produce(bootstrap: str, topic: str, n: int) -> tuple[float, float, float]:
-    """N hengqin records into `topic`; returns (wall s, simulated s, mean bytes)."""
-    from dcpulse.producers.publisher import TelemetryPublisher
-    from dcpulse.producers.run import run_scenario
-    from dcpulse.producers.scenario_args import build_scenario
-    from dcpulse.producers.simulator import ScenarioSimulator
+def run_workers(kafka: Kafka, group: str, topic: str, index: SampleIndex, cmds: list[list[str]],
+                env: dict[str, str], logs: list[Path], timeout_s: float, broker_pid: int | None,
+                on_done: Callable[[list[subprocess.Popen]], None] = lambda _: None) -> StageRun:
+    """Spawn the workers of one group, watch until it has committed every record of `topic`,
+    call `on_done` (e.g. wait for a later step), stop them. Raises with the log tail if a
+    worker dies."""
+    broker_before = cpu_seconds(broker_pid)
+    spawned = time.monotonic()
+    procs = [spawn(cmd, env, log) for cmd, log in zip(cmds, logs, strict=True)]
+    steady: Mark | None = None
+    try:
+        while True:
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                    raise RuntimeError(f"worker exited with code {proc.returncode}:\n{tail}")
+            now = time.monotonic() - spawned
+            committed = {p: o for (t, p), o in kafka.committed(group).items() if t == topic}
+            samples = index.at(committed)
+            if steady is None and samples and kafka.stable_members(group) >= len(procs):
+                steady = Mark(now, samples, cpu_sum(procs))
+            if sum(committed.values()) >= index.records:
+                end = Mark(now, samples, cpu_sum(procs))
+                broker_after = cpu_seconds(broker_pid)
+                broker = broker_after - broker_before if broker_before is not None and broker_after is not None else None
+                on_done(procs)
+                return StageRun(samples, steady or end, end, broker)
+            if now > timeout_s:
+                raise RuntimeError(f"not done after {timeout_s:.0f} s; see {logs[0]}")
+            time.sleep(POLL_S)
+    finally:
+        stop(procs)
 
-    sim = ScenarioSimulator(build_scenario(["hengqin"], None, [], SEED, START))
-    publisher = TelemetryPublisher(bootstrap, topic)
-    sent = 0
-    size = 0
 
-    def send(key: bytes, value: bytes, timestamp_ms: int) -> None:
-        nonlocal sent, size
-        if sent < n:
-            publisher.publish_raw(key, value, timestamp_ms)
-            sent += 1
-            size += len(value)
+@dataclass
+class Pipeline:
+    """One dcpulse pipeline's topics: its own prefix, its own copy of the raw input."""
 
-    started = time.monotonic()
-    stats = run_scenario(sim, 30 * 86400.0, None, send, stop=lambda: sent >= n)
-    publisher.close()
-    if publisher.failures or publisher.sent != n:
-        raise RuntimeError(f"publish failures: {dict(publisher.failures)}, sent {publisher.sent}/{n}")
-    return time.monotonic() - started, stats.sim_s, size / n
+    prefix: str
+    topics: Any  # TopicSettings
+
+    @property
+    def group(self) -> str:
+        return self.topics.group("streams")  # dcpulse.streams.app.app_id
 
 
-def run_faust(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
-              broker_pid: int | None, profile: str | None = None, profile_out: Path | None = None,
-              py_spy: str = "py-spy") -> tuple[StageRun, int, int]:
-    parts = topics.telemetry_partitions
-    group = f"{prefix}-streams"  # dcpulse.streams.app.app_id
-    env = {**os.environ, "DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_LOG_FORMAT": "json"}
+def run_dcpulse(kafka: Kafka, pipeline: Pipeline, index: SampleIndex, workers: int, workdir: Path,
+                timeout_s: float, broker_pid: int | None) -> tuple[StageRun, dict[str, dict]]:
+    """`workers` x `python -m dcpulse.cli streams` on the pipeline's topics; the run and, once
+    the combiner has committed its input too, the results (point key -> fields)."""
+    env = {**os.environ, "DCPULSE_TOPICS__PREFIX": pipeline.prefix, "DCPULSE_LOG_FORMAT": "json"}
     cmd = [sys.executable, "-m", "dcpulse.cli", "streams"]
-    if profile == "cprofile":
-        cmd = [sys.executable, "-m", "cProfile", "-o", str(profile_out), "-m", "dcpulse.cli", "streams"]
-    log = workdir / "streams.log"
-    state: dict[str, Any] = {"committed": {}, "valid": None, "dead": None}
+    logs = [workdir / f"{pipeline.prefix}-streams-{i}.log" for i in range(workers)]
+    settled: list[str] = []
 
-    def committed(topic: str) -> int:
-        return sum(o for (t, _), o in state["committed"].items() if t == topic)
+    def settle(_procs: list[subprocess.Popen]) -> None:  # before the workers are stopped
+        kafka.settle(pipeline.group)
+        settled.append("yes")
 
-    def progress() -> int:
-        state["committed"] = kafka.committed(group)
-        return committed(topics.telemetry)
-
-    def done() -> bool:
-        """The stage committed every raw record and every outcome is on its topic."""
-        if committed(topics.telemetry) < n:
-            return False
-        state["valid"] = sum(kafka.end_offsets(topics.telemetry_valid, parts).values())
-        state["dead"] = sum(kafka.end_offsets(topics.deadletter, topics.derived_partitions).values())
-        return state["valid"] + state["dead"] == n
-
-    proc = spawn(cmd, env, log)
-    sampler = None
-    if profile == "py-spy":  # samples the running worker from outside; writes when the worker exits
-        sampler = subprocess.Popen([py_spy, "record", "--pid", str(proc.pid), "--rate", str(PY_SPY_HZ),
-                                    "--format", "raw", "--output", str(profile_out)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        run = watch(proc, log, progress, done, timeout_s, broker_pid)
-    finally:
-        stop(proc)
-        if sampler is not None:
-            try:
-                sampler.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                sampler.terminate()
-                sampler.wait()
-    # The stage's own timestamps: its first valid output, its last state changelog write.
-    wall0 = proc.spawned_wall  # type: ignore[attr-defined]
-    first_ms = kafka.first_timestamp(topics.telemetry_valid, parts)
-    last_ms = kafka.last_timestamp(f"{group}-dcpulse-state-changelog", parts)
-    if first_ms and last_ms:
-        run.span = (first_ms / 1000 - wall0, last_ms / 1000 - wall0)
-    return run, state["valid"], state["dead"]
+    run = run_workers(kafka, pipeline.group, pipeline.topics.telemetry, index, [cmd] * workers, env, logs,
+                      timeout_s, broker_pid, on_done=settle)
+    return run, dcpulse_results(kafka, pipeline.topics)
 
 
-def run_faust_noop(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
-                   broker_pid: int | None) -> StageRun:
-    group = f"{prefix}-faust-noop"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--faust-noop-worker", topics.telemetry,
-           group]
-    return run_committing(kafka, group, topics.telemetry, n, cmd, workdir / "faust-noop.log", timeout_s,
-                          broker_pid)
+def dcpulse_results(kafka: Kafka, topics: Any) -> dict[str, dict]:
+    from dcpulse.contract import AnalyticsPoint
+
+    points = [AnalyticsPoint.model_validate_json(v) for topic in (topics.pue, topics.utilisation)
+              for _, _, _, v in kafka.read(topic)]
+    return {p.key: p.fields for p in points}
 
 
-def run_committing(kafka: Kafka, group: str, topic: str, n: int, cmd: list[str], log: Path, timeout_s: float,
-                   broker_pid: int | None) -> StageRun:
-    """Spawn a worker and watch until its group has committed n records of `topic`."""
-    state = {"raw": 0}
-
-    def progress() -> int:
-        state["raw"] = sum(o for (t, _), o in kafka.committed(group).items() if t == topic)
-        return state["raw"]
-
-    proc = spawn(cmd, dict(os.environ), log)
-    try:
-        run = watch(proc, log, progress, lambda: state["raw"] >= n, timeout_s, broker_pid)
-    finally:
-        stop(proc)
-    run.spawned_wall = proc.spawned_wall  # type: ignore[attr-defined]  # set by spawn()
-    return run
-
-
-def run_quix(kafka: Kafka, prefix: str, topics: Any, n: int, workdir: Path, timeout_s: float,
-             broker_pid: int | None) -> tuple[StageRun, dict]:
-    group = f"{prefix}-quix"
-    out_topic = f"{prefix}.quix-results.v1"
+def run_quix(kafka: Kafka, prefix: str, source: str, index: SampleIndex, workdir: Path, timeout_s: float,
+             broker_pid: int | None, site_grace_s: float) -> tuple[StageRun, dict, list[dict]]:
+    group, out_topic = f"{prefix}-quix", f"{prefix}.quix-results"
     log = workdir / "quix.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", kafka.bootstrap, topics.telemetry,
-           group, out_topic, str(workdir / "quix-state")]
-
-    run = run_committing(kafka, group, topics.telemetry, n, cmd, log, timeout_s, broker_pid)
-    counts = {}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", kafka.bootstrap, source, group,
+           out_topic, str(workdir / "quix-state"), str(site_grace_s)]
+    # Quix's site windows close on later partials' timestamps: give its repartition topic time to drain.
+    run = run_workers(kafka, group, source, index, [cmd], dict(os.environ), [log], timeout_s, broker_pid,
+                      on_done=lambda _p: time.sleep(2 * COMMIT_INTERVAL_S))
+    counts: dict = {}
     for line in reversed(log.read_text(errors="replace").splitlines()):
         if line.startswith("{"):
             counts = json.loads(line)
             break
-    if counts.get("first"):
-        wall0 = run.spawned_wall or 0.0
-        run.span = (counts["first"] - wall0, counts["last"] - wall0)
-    return run, {**counts, "topic": out_topic}
+    results = [json.loads(v) for _, _, _, v in kafka.read(out_topic)] if out_topic in kafka.admin.list_topics() else []
+    return run, counts, results
 
 
-def compare(kafka: Kafka, topics: Any, quix_topic: str, quix_outputs: int, reference: dict) -> list[str]:
-    """The two stages' results side by side: PUE per (window, category) and rack utilisation."""
-    from dcpulse.contract import AnalyticsPoint
+def run_faust_noop(kafka: Kafka, prefix: str, source: str, index: SampleIndex, workdir: Path, timeout_s: float,
+                   broker_pid: int | None) -> StageRun:
+    group = f"{prefix}-faust-noop"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--faust-noop-worker", source, group]
+    return run_workers(kafka, group, source, index, [cmd], dict(os.environ), [workdir / "faust-noop.log"],
+                       timeout_s, broker_pid)
 
-    parts = topics.telemetry_partitions
-    ours = [AnalyticsPoint.model_validate_json(v) for topic in (topics.pue, topics.utilisation)
-            for _, _, _, v in kafka.read(topic, parts)]
-    theirs: list[dict] = []
-    for _ in range(10):  # Quix reported its outputs; give the topic's metadata a moment if it reads empty
-        theirs = [json.loads(v) for _, _, _, v in kafka.read(quix_topic, kafka.partitions(quix_topic))]
-        if theirs or not quix_outputs:
-            break
-        time.sleep(1.0)
-    if quix_outputs and not theirs:
-        return [f"results: Quix reported {quix_outputs:,} results but none could be read back from {quix_topic} "
-                f"(end offsets {kafka.end_offsets(quix_topic, kafka.partitions(quix_topic))}): not compared"]
-    ours_keys = {p.key: p for p in ours}
-    same = set(ours_keys) == set(reference) and all(ours_keys[k].fields == reference[k].fields for k in reference)
-    d_pue = {(p.time.timestamp(), p.tags["category"]): p.fields.get("pue") for p in ours
+
+def compare(ours: dict[str, dict], reference: dict[str, Any], theirs: list[dict]) -> list[str]:
+    """dcpulse against its offline reference (bit for bit), and against Quix where both compute
+    the same thing: 1-minute PUE per category and rack utilisation."""
+    same = set(ours) == set(reference) and all(ours[k] == reference[k].fields for k in reference)
+    d_pue = {(p.time.timestamp() * 1000, p.tags["category"]): p.fields.get("pue") for p in reference.values()
              if p.measurement == "pue" and p.tags.get("window") == "1m"}
-    d_util = {(p.time.timestamp(), p.tags["entity"]): p.fields for p in ours
-              if p.measurement == "utilisation" and p.tags["level"] == "rack"}
-    q_pue = {(r["start"], r["category"]): r["pue"] for r in theirs if r["measurement"] == "pue"}
-    q_util = {(r["start"], r["rack"]): r for r in theirs if r["measurement"] == "utilisation"}
+    d_util = {(p.time.timestamp() * 1000, p.tags["entity"]): p.fields for p in reference.values()
+              if p.measurement == "utilisation" and p.tags["level"] == "rack" and p.tags["window"] == "1m"}
+    q_pue = {(r["start"], r["tags"]["category"]): r["fields"].get("pue") for r in theirs if r["measurement"] == "pue"}
+    q_util = {(r["start"], r["tags"]["entity"]): r["fields"] for r in theirs if r["measurement"] == "utilisation"}
 
     def diff(a: float | None, b: float | None) -> float:
         return 0.0 if a is None and b is None else math.inf if a is None or b is None else abs(a - b)
 
     common_pue = sorted(set(d_pue) & set(q_pue))
     pue_diff = max((diff(d_pue[k], q_pue[k]) for k in common_pue), default=math.nan)
-    with_value = sum(1 for k in common_pue if d_pue[k] is not None)
     common_util = sorted(set(d_util) & set(q_util))
-    util_diff = max((abs(d_util[k][f] - q_util[k][f]) for k in common_util
+    util_diff = max((diff(d_util[k].get(f), q_util[k].get(f)) for k in common_util
                      for f in ("acc_util_mean", "acc_util_p95", "acc_util_max", "acc_samples")), default=math.nan)
-    windows = lambda keys: len({k[0] for k in keys})  # noqa: E731
     return [
-        f"results: dcpulse Faust {len(ours):,} points over {windows(d_util)} closed windows "
-        f"(identical to the offline reference: {'yes' if same else 'NO'}); Quix {len(theirs):,} points "
-        f"({windows(q_util)} windows of rack utilisation, {windows(q_pue)} of PUE: a window's PUE waits for the next)",
-        f"results compared: PUE on {len(common_pue)} common (window, category), {with_value} with a value, "
-        f"max |difference| {pue_diff:.3g}; rack utilisation mean/p95/max/samples on {len(common_util):,} common "
-        f"(window, rack), max |difference| {util_diff:.3g}",
+        f"results: dcpulse {len(ours):,} points, identical to the offline reference: {'yes' if same else 'NO'}",
+        f"compared with Quix: 1-minute PUE on {len(common_pue)} common (window, category) of dcpulse's "
+        f"{len(d_pue)} and Quix's {len(q_pue)}, max |difference| {pue_diff:.3g}; rack utilisation on "
+        f"{len(common_util):,} common (window, rack) of {len(d_util):,} and {len(q_util):,}, max |difference| "
+        f"{util_diff:.3g}",
     ]
-
-
-def package_of(file: str) -> str:
-    """Where a frame's code lives: a library, a stdlib module, or dcpulse itself."""
-    if "site-packages/" in file:
-        return file.split("site-packages/", 1)[1].split("/", 1)[0]
-    if file.startswith(REPO):
-        return "dcpulse"
-    stdlib = re.search(r"/python3\.\d+/(.+)$", file)
-    return "stdlib " + stdlib.group(1).split("/", 1)[0].removesuffix(".py") if stdlib else file
-
-
-KEY_FRAMES = ("analyse", "handle_batch", "handle", "dirty_buckets", "process_record", "process", "from_bytes",
-              "to_bytes", "send", "send_soon", "send_changelog", "publish_message", "_send_pending", "flush", "commit", "_fetcher",
-              "_drain_messages", "_sender_routine", "_send_produce_req", "add_message", "zstd_encode", "debug",
-              "_log", "on_message", "_c_aiter", "__setitem__", "_execute_actor")
-
-
-def print_cprofile(path: Path, top: int = 20) -> None:
-    stats = pstats.Stats(str(path))
-    total = stats.total_tt
-    by_package: Counter[str] = Counter()
-    for (file, _line, name), (_cc, _calls, tottime, _cum, _) in stats.stats.items():
-        by_package[package_of(file) if file != "~" else f"builtin {name}"] += tottime
-    print(f"\nFaust worker under cProfile: {total:.1f} s (wall clock, the profiler's own overhead included); "
-          f"own time by package:")
-    for package, seconds in by_package.most_common(12):
-        print(f"  {seconds:7.2f} s {100 * seconds / total:5.1f}%  {package}")
-    print(f"top {top} functions by own time:")
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
-    for (file, line, name), (_cc, calls, tottime, cumtime, _) in rows:
-        print(f"  {tottime:7.2f} s {100 * tottime / total:5.1f}%  {calls:>10,} calls  {_short(file)}:{line}({name})")
-    print("the stage's entry points and Kafka paths by cumulative time:")
-    picked = [(k, v) for k, v in stats.stats.items() if k[2] in KEY_FRAMES and k[0] != "~"]
-    for (file, line, name), (_cc, calls, _tt, cumtime, _) in sorted(picked, key=lambda kv: -kv[1][3])[:top]:
-        print(f"  {cumtime:7.2f} s {100 * cumtime / total:5.1f}%  {calls:>10,} calls  {_short(file)}:{line}({name})")
-
-
-def print_py_spy(path: Path, rate: float, top: int = 20) -> None:
-    """Summarise py-spy's raw output: one line per distinct stack, `frame;frame;... count`, each
-    frame `qualified.name (path/file.py:line)` with the path shortened by py-spy."""
-    own: Counter[str] = Counter()
-    by_package: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = []
-        for frame in stack.split(";"):
-            name, _, where = frame.partition(" (")
-            frames.append((name, where.rstrip(")").rsplit(":", 1)[0]))
-        name, file = frames[-1]
-        own[f"{name} ({file})"] += count
-        first = file.split("/", 1)[0].removesuffix(".py")
-        by_package["dcpulse" if first in ("streams", "producers", "sinks", "services", "dcpulse") else first] += count
-        for name, file in {f for f in frames if f[0].rsplit(".", 1)[-1] in KEY_FRAMES}:
-            inclusive[f"{name} ({file})"] += count
-    if not total:
-        print("py-spy recorded no samples")
-        return
-    print(f"\nFaust worker sampled by py-spy at {rate:.0f} Hz: {total:,} samples on CPU = {total / rate:.1f} s "
-          f"(idle waits excluded); own time by package:")
-    for package, count in by_package.most_common(12):
-        print(f"  {count / rate:7.2f} s {100 * count / total:5.1f}%  {package}")
-    print(f"top {top} functions by own time:")
-    for frame, count in own.most_common(top):
-        print(f"  {count / rate:7.2f} s {100 * count / total:5.1f}%  {frame}")
-    print("the stage's entry points and Kafka paths, inclusive (a frame counts for every sample it is on the stack of):")
-    for frame, count in inclusive.most_common(top):
-        print(f"  {count / rate:7.2f} s {100 * count / total:5.1f}%  {frame}")
-
-
-def _short(file: str) -> str:
-    if "site-packages/" in file:
-        return file.split("site-packages/", 1)[1]
-    if file.startswith(REPO):
-        return file[len(REPO):]
-    stdlib = re.search(r"/python3\.\d+/(.+)$", file)
-    return stdlib.group(1) if stdlib else file
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=150_000, help="hengqin records to produce (default 150,000)")
+    parser.add_argument("--samples", type=int, default=300_000, help="hengqin samples to produce (whole ticks)")
+    parser.add_argument("--workers", type=int, nargs="+", help="scale-out instead: dcpulse with these worker counts")
+    parser.add_argument("--quix-site-grace", type=float, default=60.0,
+                        help="grace of Quix's site window in seconds (its partials arrive one agent window late)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a stage after this many seconds")
-    parser.add_argument("--profile", nargs="?", const="py-spy", choices=("py-spy", "cprofile"),
-                        help="run only the Faust stage, sampled by py-spy (default; `pip install py-spy`) or "
-                             "under cProfile, and print where its time goes")
-    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="the py-spy executable")
     args = parser.parse_args()
 
     from importlib.metadata import version
@@ -676,73 +650,74 @@ def main() -> None:
     services.up(lambda _m: None)
     broker_pid = services.kafka.process.pid()  # only read: its CPU time from /proc
     run_id = uuid.uuid4().hex[:8]
-    prefix = f"bench-windows-{run_id}"
-    # Kafka's time-based retention goes by the records' timestamps, which are the fixed simulated
-    # time (START): the telemetry topics must keep records that old.
+    # Time-based retention goes by the records' timestamps, the fixed simulated time (START).
     age_h = math.ceil((datetime.now(UTC) - START).total_seconds() / 3600)
-    topics = TopicSettings(prefix=prefix, telemetry_retention_hours=max(24, age_h + 24 * 30))
-    n = args.records
+    counts = args.workers or [1]
+    pipelines = [Pipeline(f"bench-windows-{run_id}-{i}",
+                          TopicSettings(prefix=f"bench-windows-{run_id}-{i}", telemetry_retention_hours=age_h + 24 * 30))
+                 for i in range(len(counts))]
     kafka = Kafka(settings.kafka.bootstrap)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-windows-{run_id}-"))
+    groups = [p.group for p in pipelines] + [f"{pipelines[0].prefix}-quix", f"{pipelines[0].prefix}-faust-noop"]
     try:
-        ensure_topics(settings.kafka.bootstrap, topic_specs(topics))
-        wall, sim_s, size = produce(settings.kafka.bootstrap, topics.telemetry, n)
-        ends = kafka.end_offsets(topics.telemetry, topics.telemetry_partitions)
-        print(f"produced {n:,} hengqin records ({sim_s:.0f} simulated s, mean {size:.0f} B) in {wall:.1f} s into "
-              f"{topics.telemetry} (records per partition: {[ends[p] for p in sorted(ends)]})", flush=True)
-
-        records = kafka.read(topics.telemetry, topics.telemetry_partitions)
-        if len(records) != n:
-            raise RuntimeError(f"read back {len(records)} records, expected {n}")
+        for pipeline in pipelines:
+            ensure_topics(settings.kafka.bootstrap, topic_specs(pipeline.topics))
+        source = pipelines[0].topics.telemetry
+        produced = produce(settings.kafka.bootstrap, [p.topics.telemetry for p in pipelines], args.samples)
+        print(f"produced {produced.samples:,} hengqin samples in {produced.batches:,} batches and {produced.ticks} "
+              f"ticks ({produced.sim_s:.0f} simulated s, {produced.bytes / produced.batches:,.0f} B per batch) in "
+              f"{produced.wall_s:.1f} s into {len(pipelines)} cop{'y' if len(pipelines) == 1 else 'ies'} of a "
+              f"{pipelines[0].topics.telemetry_partitions}-partition topic", flush=True)
+        records = kafka.read(source)
+        index = SampleIndex(records)
         started = time.perf_counter()
-        reference = reference_results(records)
+        reference = reference_results(records, pipelines[0].topics.telemetry_partitions)
         engine_s = time.perf_counter() - started
         del records
-        print(f"dcpulse pure engine (streams/offline.py reference_results: validation rules + window engine, "
-              f"no Kafka): {n:,} records in {engine_s:.1f} s = {n / engine_s:,.0f} records/s", flush=True)
+        print(f"(a) dcpulse pure engine (streams/offline.py: validation, partition stage, combiner; no Kafka): "
+              f"{index.samples:,} samples in {engine_s:.1f} s = {index.samples / engine_s:,.0f} samples/s", flush=True)
 
-        profile_out = None
-        if args.profile:
-            suffix = "prof" if args.profile == "cprofile" else "py-spy.txt"
-            profile_out = Path(tempfile.gettempdir()) / f"bench_windows-{run_id}.{suffix}"
-        faust, valid, dead = run_faust(kafka, prefix, topics, n, workdir, args.timeout, broker_pid,
-                                       args.profile, profile_out, args.py_spy)
-        print(f"dcpulse Faust stage (`dcpulse streams`: the analyse agent, validation + windows"
-              f"{f', profiled with {args.profile}' if args.profile else ''}; {valid:,} valid, {dead:,} "
-              f"dead-lettered): {describe(faust)}", flush=True)
-        if args.profile:
-            if args.profile == "cprofile":
-                print_cprofile(profile_out)
-            else:
-                print_py_spy(profile_out, PY_SPY_HZ)
-            print(f"(full profile kept in {profile_out})")
+        if args.workers:
+            runs = []
+            for pipeline, workers in zip(pipelines, counts, strict=True):
+                run, results = run_dcpulse(kafka, pipeline, index, workers, workdir, args.timeout, broker_pid)
+                runs.append((workers, run, results))
+                print(f"dcpulse, {workers} worker(s): {describe(run)}", flush=True)
+            base = runs[0][1].steady_per_cpu or runs[0][1].per_cpu
+            for workers, run, _ in runs[1:]:
+                mine = run.steady_per_cpu or run.per_cpu
+                print(f"samples per worker CPU-second, {workers} workers / {runs[0][0]}: {mine / base:.2f} "
+                      f"(target >= 0.85)", flush=True)
+            identical = all(results == runs[0][2] for _, _, results in runs) and \
+                set(runs[0][2]) == set(reference) and all(runs[0][2][k] == p.fields for k, p in reference.items())
+            print(f"results of every worker count identical to each other and to the offline reference: "
+                  f"{'yes' if identical else 'NO'}", flush=True)
             return
 
-        quix, counts = run_quix(kafka, prefix, topics, n, workdir, args.timeout, broker_pid)
-        print(f"Quix Streams {version('quixstreams')} (same windows: JSON, event time from ts, 1-minute tumbling "
-              f"window collect + final, PUE 1-3 and rack utilisation; {counts.get('count', 0):,} records "
-              f"processed, {counts.get('outputs', 0):,} results): {describe(quix)}", flush=True)
-        noop = run_faust_noop(kafka, prefix, topics, n, workdir, args.timeout, broker_pid)
-        print(f"faust-streaming alone (a no-op agent, same take_events batches and client settings, same "
-              f"topic): {describe(noop)}; dcpulse stage / no-op: {faust.steady / noop.steady:.2f}, "
-              f"no-op / Quix: {noop.steady / quix.steady:.2f} in steady records/s", flush=True)
-        ratio = faust.steady / quix.steady
-        spans = (f", {faust.span_rate / quix.span_rate:.2f} over the processing spans"
-                 if faust.span_rate and quix.span_rate else "")
-        print(f"ratio dcpulse Faust / Quix Streams: {ratio:.2f} in steady records/s (target >= 1.0); "
-              f"{faust.rate / quix.rate:.2f} from process start{spans}"
-              f"{'; below target: --profile shows where the Faust stage spends its time' if ratio < 1 else ''}",
+        dcpulse, ours = run_dcpulse(kafka, pipelines[0], index, 1, workdir, args.timeout, broker_pid)
+        print(f"(b) dcpulse worker (`dcpulse streams`, both agents, every batch checkpointed): {describe(dcpulse)}",
               flush=True)
-        for line in compare(kafka, topics, counts["topic"], counts.get("outputs", 0), reference):
+        quix, progress, theirs = run_quix(kafka, pipelines[0].prefix, source, index, workdir, args.timeout,
+                                          broker_pid, args.quix_site_grace)
+        print(f"(c) Quix Streams {version('quixstreams')} (its own windowed aggregations, see above; "
+              f"{len(theirs):,} results, late samples {progress.get('late_samples', 0):,}, late partials "
+              f"{progress.get('late_partials', 0):,}): {describe(quix)}", flush=True)
+        noop = run_faust_noop(kafka, pipelines[0].prefix, source, index, workdir, args.timeout, broker_pid)
+        print(f"(d) faust-streaming alone (no-op agent, same batches and client settings): {describe(noop)}",
+              flush=True)
+        print(f"ratio dcpulse / Quix Streams: {dcpulse.steady_rate / quix.steady_rate:.2f} in steady samples/s "
+              f"(target >= 1.5), {dcpulse.rate / quix.rate:.2f} from process start; dcpulse / faust no-op "
+              f"{dcpulse.steady_rate / noop.steady_rate:.2f}", flush=True)
+        for line in compare(ours, reference, theirs):
             print(line, flush=True)
     finally:
-        kafka.delete(run_id, [f"{prefix}-streams", f"{prefix}-quix", f"{prefix}-faust-noop"])
+        kafka.delete(run_id, groups)
         kafka.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--quix-worker":
+    if len(sys.argv) == 8 and sys.argv[1] == "--quix-worker":
         quix_worker(*sys.argv[2:])
     elif len(sys.argv) == 4 and sys.argv[1] == "--faust-noop-worker":
         faust_noop_worker(*sys.argv[2:])
