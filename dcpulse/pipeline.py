@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from dcpulse.settings import Settings
 
@@ -94,7 +95,10 @@ def wait_for_group(settings: Settings, group: str, members: int, check: Callable
         found: dict = {}
         while time.monotonic() < deadline:
             check()
-            found = admin.describe_groups([group]).get(group, {})
+            try:
+                found = admin.describe_groups([group]).get(group, {})
+            except KafkaError:  # e.g. no group coordinator yet on a fresh broker
+                found = {}
             if found.get("group_state") == "Stable" and len(found.get("members") or []) == members:
                 return
             time.sleep(0.5)

@@ -13,8 +13,11 @@ class TopicSpec:
     partitions: int
     retention_ms: int
     purpose: str
+    compacted: bool = False  # a changelog: the newest value per key is kept, whatever its age
 
     def configs(self) -> dict[str, str]:
+        if self.compacted:
+            return {"cleanup.policy": "compact"}
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete"}
 
 
@@ -42,17 +45,20 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dcpulse-topics")
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
-        if missing:
-            admin.create_topics([
-                NewTopic(s.name, num_partitions=s.partitions, replication_factor=1,
-                         topic_configs=s.configs())
-                for s in missing
-            ])
-        return [s.name for s in missing]
+        created = []
+        for spec in missing:
+            try:
+                admin.create_topics([NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1,
+                                              topic_configs=spec.configs())])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:  # another process created it meanwhile
+                pass
+        return created
     finally:
         admin.close()

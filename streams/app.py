@@ -30,6 +30,7 @@ from kafka import TopicPartition
 from dcpulse.contract import AnalyticsPoint
 from dcpulse.kafka_clients import consumer
 from dcpulse.log import get_logger
+from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
 from dcpulse.streams.checkpoint import CheckpointedAgent, Send, run_batches
 from dcpulse.streams.combine import SiteStage, decode_site_state
@@ -173,6 +174,12 @@ def create_app(settings: Settings) -> faust.App:
                           help="<raw partition>/<bucket> -> that partition's stage state")
     site_table = app.Table("dcpulse-sites", default=None, partitions=t.derived_partitions, key_type=bytes,
                            value_type=bytes, help="<partials partition>/<bucket> -> the combiner's site states")
+
+    # Created before Faust starts: workers starting together otherwise race to create them,
+    # and one that does not see a changelog in its metadata yet stalls on it.
+    ensure_topics(settings.kafka.bootstrap, [
+        TopicSpec(table.changelog_topic_name, table.partitions, 0, "a stream worker's checkpointed state", compacted=True)
+        for table in (raw_table, site_table)])
 
     async def send(topic: str, key: bytes | None, value: bytes) -> Any:
         return await app.producer.send(topic, key, value, None, None, None)
