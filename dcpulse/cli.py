@@ -201,6 +201,9 @@ from dcpulse.producers.simulate_cli import presets, simulate  # noqa: E402
 
 main.add_command(simulate)
 main.add_command(presets)
+from dcpulse.streams.alerts_cli import alerts  # noqa: E402
+
+main.add_command(alerts)
 
 if __name__ == "__main__":
     main()
