@@ -143,3 +143,16 @@ def test_alerts_rules_names_the_rule_at_fault(tmp_path) -> None:
     bad.write_text('[[rule]]\nname = "x"\nkind = "cdu"\nmetric = "t"\ncondition = "sideways"\nthreshold = 1\n')
     result = CliRunner().invoke(main, ["alerts", "rules", "--rules", str(bad)])
     assert result.exit_code == 1 and "rule 'x': field condition" in result.output
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("coolant_leak:small@1m+2m", {"coolant_leak", "cdu_reservoir_level_low", "cdu_loop_pressure_low"}),
+    ("cdu_pump_failure:small@1m+2m", {"cdu_pump_redundancy_lost", "accelerator_temperature_high",
+                                      "accelerator_thermal_throttling"}),
+    ("hot_spot:small@1m+3m", {"rack_inlet_above_allowable", "rack_inlet_above_a2_allowable"}),
+])
+def test_each_fault_raises_its_default_rules(tmp_path, fault: str, expected: set[str]) -> None:
+    result = CliRunner().invoke(main, ["alerts", "replay", str(_recording(tmp_path, [fault])), "--json"])
+    fired = {orjson.loads(line)["labels"]["alertname"] for line in result.output.splitlines()
+             if orjson.loads(line)["new"] == "firing"}
+    assert expected <= fired
