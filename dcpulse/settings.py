@@ -116,6 +116,11 @@ class TopicSettings(BaseModel):
         return self.name("pue")
 
     @property
+    def alerts(self) -> str:
+        """Alert state changes, keyed by alert fingerprint."""
+        return self.name("alerts")
+
+    @property
     def utilisation(self) -> str:
         return self.name("utilisation")
 
@@ -165,6 +170,13 @@ class ValidationSettings(BaseModel):
     )
 
 
+class AlertSettings(BaseModel):
+    """The stream workers' alert rules (docs/alerts.md)."""
+
+    enabled: bool = Field(True, description="Evaluate alert rules in the stream workers")
+    rules_file: Path | None = Field(None, description="Rules file (TOML); default: the built-in pack")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DCPULSE_", env_nested_delimiter="__", extra="ignore"
@@ -176,6 +188,7 @@ class Settings(BaseSettings):
     services: ServicesSettings = ServicesSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     validation: ValidationSettings = ValidationSettings()
+    alerts: AlertSettings = AlertSettings()
     log_format: str = Field("auto", description="auto (console on a TTY, else json) | json | console")
     log_level: str = "info"
 

@@ -38,6 +38,8 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
                   "PUE (categories 1-3), pPUE, WUE, ITUE/TUE per site and window"),
         TopicSpec(settings.utilisation, settings.telemetry_partitions, derived_ms,
                   "utilisation per rack, hall and site and window"),
+        TopicSpec(settings.alerts, settings.derived_partitions, derived_ms,
+                  "alert state changes (key: alert fingerprint)"),
     ]
 
 

@@ -10,13 +10,17 @@ Alerts carry the sample's topology (site, hall, row, rack, device) as labels.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from typing import Any
+from collections.abc import MutableMapping
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from dcpulse.contract import Sample
 from dcpulse.streams.alertrules import Rule
 from dcpulse.streams.alertstate import ACTIVE, AlertState, Timing, Transition, breached, evaluate
-from dcpulse.streams.validation import epoch_ms
+from dcpulse.streams.validation import epoch_ms, iso_ms
+
+ALERT_SCHEMA = "dcpulse.alert/1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,51 +34,115 @@ class AlertEvent:
     transition: Transition
     value: float
 
+    def to_json(self) -> dict[str, Any]:
+        t = self.transition
+        return {"schema": ALERT_SCHEMA, "at": iso_ms(t.at_ms), "old": t.old, "new": t.new, "resolved": t.resolved,
+                "flapping": t.flapping, "value": self.value, "fingerprint": self.fingerprint, "labels": self.labels,
+                "annotations": self.annotations}
 
-@dataclass
+
+def alert_key(site: str, rule: str, entity: str) -> str:
+    """Where an alert's state lives in the store (absent: quiet)."""
+    return f"alert/{site}/{rule}/{entity}"
+
+
+def last_key(site: str, rule: str, entity: str) -> str:
+    """A rate rule's previous (ts ms, value) of an entity."""
+    return f"alertlast/{site}/{rule}/{entity}"
+
+
+def decode_alert_entry(key: str, data: Any) -> Any:
+    return AlertState.from_json(data) if key.startswith("alert/") else data
+
+
 class RuleEngine:
-    rules: list[Rule]
-    states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
-    last: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # rate rules: (ts ms, value)
+    """Evaluates rules on samples. `store` (a dict, or a stage's checkpointed PartitionState)
+    holds the state of every alert that is not quiet and the rate rules' last values, so
+    what is stored is what a restart resumes from."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, rules: list[Rule], store: MutableMapping[str, Any] | None = None) -> None:
+        self.rules = rules
+        self.store: MutableMapping[str, Any] = store if store is not None else {}
         self._by_kind: dict[str, list[Rule]] = {}
-        for rule in self.rules:
+        for rule in rules:
             self._by_kind.setdefault(rule.kind, []).append(rule)
         self._timing = {rule.name: Timing(round(rule.for_s * 1000), round(rule.keep_firing_for_s * 1000))
-                        for rule in self.rules}
+                        for rule in rules}
+        # (kind, metric names) -> the (rule, metric) pairs to judge: samples of one device type
+        # share their metric names, so the globs are matched once per type, not per sample.
+        self._plans: dict[tuple[str, tuple[str, ...]], list[tuple[Rule, str]]] = {}
+        self._held = self._index()
+
+    def _plan(self, kind: str, metrics: dict[str, float]) -> list[tuple[Rule, str]]:
+        names = tuple(metrics)
+        plan = self._plans.get((kind, names))
+        if plan is None:
+            plan = self._plans[(kind, names)] = [(rule, metric) for rule in self._by_kind.get(kind, ())
+                                                 for metric in names if fnmatchcase(metric, rule.metric)]
+        return plan
+
+    def _index(self) -> set[tuple[str, str, str, str]]:
+        """(site, rule, device, metric) of every stored alert state: the ones that are not quiet."""
+        held = set()
+        globs = {rule.name: rule.metric for rule in self.rules}
+        for key in self.store:
+            if key.startswith("alert/"):
+                _, site, rule, entity = key.split("/", 3)
+                device, _, metric = entity.partition("/")
+                held.add((site, rule, device, metric or globs.get(rule, "")))
+        return held
 
     def observe(self, site: str, sample: Sample) -> list[AlertEvent]:
         """Evaluate every rule of the sample's kind on it; the transitions it caused."""
         events: list[AlertEvent] = []
-        ts = epoch_ms(sample.ts)
-        for rule in self._by_kind.get(sample.kind, ()):
-            for metric, raw in sample.metrics.items():
-                if not fnmatchcase(metric, rule.metric):
+        metrics = sample.metrics
+        held = self._held
+        device = sample.device
+        ts: int | None = None
+        for rule, metric in self._plan(sample.kind, metrics):
+            raw = metrics[metric]
+            if rule.divide_by is not None:
+                divisor = metrics.get(rule.divide_by)
+                if not divisor:
+                    continue  # no ratio without its denominator
+                raw = raw / divisor
+            condition = rule.condition
+            if (site, rule.name, device, metric) not in held:
+                # Quiet: only a breach of the entry threshold can change anything (the hot path).
+                if (condition == "above" and raw <= rule.threshold or condition == "below" and raw >= rule.threshold
+                        or condition == "equals" and raw != rule.threshold):
                     continue
-                if rule.divide_by is not None:
-                    divisor = sample.metrics.get(rule.divide_by)
-                    if not divisor:
-                        continue  # no ratio without its denominator
-                    raw = raw / divisor
-                entity = sample.device if metric == rule.metric else f"{sample.device}/{metric}"
-                key = (rule.name, entity)
-                value = self._value(rule, key, ts, raw)
-                if value is None:
-                    continue
-                current = self.states.get(key, AlertState())
-                condition = _condition(rule, value, current.state in ACTIVE)
-                step = evaluate(current, condition, ts, self._timing[rule.name])
-                self.states[key] = step.state
-                for transition in step.transitions:
-                    events.append(_event(rule, site, sample, metric, value, transition))
+            ts = epoch_ms(sample.ts) if ts is None else ts
+            events.extend(self._judge(site, sample, rule, metric, raw, ts))
         return events
 
-    def _value(self, rule: Rule, key: tuple[str, str], ts: int, raw: float) -> float | None:
+    def _judge(self, site: str, sample: Sample, rule: Rule, metric: str, raw: float, ts: int) -> list[AlertEvent]:
+        entity = sample.device if metric == rule.metric else f"{sample.device}/{metric}"
+        value = self._value(site, rule, entity, ts, raw)
+        if value is None:
+            return []
+        key = alert_key(site, rule.name, entity)
+        current: AlertState | None = self.store.get(key)
+        condition = _condition(rule, value, current is not None and current.state in ACTIVE)
+        if current is None and not condition:
+            return []
+        step = evaluate(current or AlertState(), condition, ts, self._timing[rule.name])
+        ident = (site, rule.name, sample.device, metric)
+        if step.state.quiet:
+            self._held.discard(ident)
+            if current is not None:
+                del self.store[key]
+        else:
+            self._held.add(ident)
+            self.store[key] = step.state
+        return [_event(rule, site, sample, metric, value, t) for t in step.transitions]
+
+    def _value(self, site: str, rule: Rule, entity: str, ts: int, raw: float) -> float | None:
         if rule.condition not in ("rate_above", "rate_below"):
             return raw
-        previous = self.last.get(key)
-        self.last[key] = (ts, raw)
+        key = last_key(site, rule.name, entity)
+        previous = self.store.get(key)
+        self.store[key] = [ts, raw]
         if previous is None or ts <= previous[0]:
             return None
         return (raw - previous[1]) / ((ts - previous[0]) / 60_000)

@@ -67,10 +67,7 @@ def alerts_replay(recording: Path, rules_path: Path | None, as_json: bool) -> No
                 count += 1
                 t = event.transition
                 if as_json:
-                    click.echo(orjson.dumps({"at": iso_ms(t.at_ms), "old": t.old, "new": t.new,
-                                             "resolved": t.resolved, "flapping": t.flapping, "value": event.value,
-                                             "fingerprint": event.fingerprint, "labels": event.labels,
-                                             "annotations": event.annotations}).decode())
+                    click.echo(orjson.dumps(event.to_json()).decode())
                 else:
                     where = "/".join(event.labels[k] for k in ("site", "hall", "rack", "device") if k in event.labels)
                     flag = " (flapping)" if t.flapping else ""

@@ -48,6 +48,21 @@ class AlertState:
     levels: tuple[bool, ...] = ()  # the condition at the last `history` evaluations, oldest first
     flapping: bool = False
 
+    @property
+    def quiet(self) -> bool:
+        """Inactive with no breach in its history: a false condition leaves it as it is, so it
+        need not be stored (the engine keeps only the others)."""
+        return self.state == "inactive" and not self.flapping and not any(self.levels)
+
+    def to_json(self) -> list:
+        return [self.state, self.since_ms, self.cleared_ms, "".join("1" if x else "0" for x in self.levels),
+                self.flapping]
+
+    @classmethod
+    def from_json(cls, data: list) -> AlertState:
+        state, since, cleared, levels, flapping = data
+        return cls(state, since, cleared, tuple(c == "1" for c in levels), bool(flapping))
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:

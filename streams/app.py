@@ -3,8 +3,10 @@
 - `analyse` reads the raw topic (key = agent). Per raw partition a `PartitionStage`
   (streams/stage.py) validates every sample, forwards valid batches to the valid topic (the
   original bytes, or a replacement without the rejected samples), dead-letters bad records and
-  samples, folds samples into device windows and, on the site's watermarks, emits final rack
-  results and one partial per site and window to the partials topic (key = site).
+  samples, evaluates the alert rules on every accepted sample (transitions to the alerts topic,
+  key = alert fingerprint), folds samples into device windows and, on the site's watermarks,
+  emits final rack results and one partial per site and window to the partials topic (key =
+  site).
 - `combine` reads the partials topic. Per partials partition a `SiteStage` (streams/combine.py)
   combines a window once every raw partition's partial is in: PUE, pPUE, efficiency, hall and
   site utilisation, roll-ups.
@@ -32,6 +34,7 @@ from dcpulse.kafka_clients import consumer
 from dcpulse.log import get_logger
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
+from dcpulse.streams.alertrules import load_rules
 from dcpulse.streams.checkpoint import CheckpointedAgent, Send, run_batches
 from dcpulse.streams.combine import SiteStage, decode_site_state
 from dcpulse.streams.stage import Outputs, PartitionStage, decode_state
@@ -142,6 +145,7 @@ def _raw_sends(settings: Settings):
         sends += [(t.deadletter, key, letter.to_bytes()) for key, letter in out.dead]
         sends += [(t.utilisation, p.tags["site"].encode(), p.to_bytes()) for p in out.results]
         sends += [(t.partials, p.site.encode(), orjson.dumps(p.to_json())) for p in out.partials]
+        sends += [(t.alerts, a.fingerprint.encode(), orjson.dumps(a.to_json())) for a in out.alerts]
         return sends
 
     return run
@@ -165,6 +169,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust_app(app_id(settings), settings)
     t, cfg = settings.topics, settings.analytics
     partitions = raw_partitions(settings)
+    rules = load_rules(settings.alerts.rules_file) if settings.alerts.enabled else []
     raw_topic = app.topic(t.telemetry, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     partials_topic = app.topic(t.partials, key_type=bytes, value_type=bytes, key_serializer="raw",
                                value_serializer="raw")
@@ -193,7 +198,7 @@ def create_app(settings: Settings) -> faust.App:
 
     analyse_agent = CheckpointedAgent(
         "analyse", cfg.state_buckets, decode_state,
-        lambda p, state: PartitionStage(t.telemetry, p, partitions, state, settings.validation, cfg),
+        lambda p, state: PartitionStage(t.telemetry, p, partitions, state, settings.validation, cfg, rules),
         _raw_sends(settings), send, changelog(raw_table), raw_table.data,
         lambda p: read_partition(settings.kafka.bootstrap, raw_table.changelog_topic_name, p))
     combine_agent = CheckpointedAgent(

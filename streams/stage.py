@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ import orjson
 from dcpulse.contract import TELEMETRY_SCHEMA, AnalyticsPoint, DeadLetter, Sample, Watermark
 from dcpulse.deadletter import Rejection, dead_letter
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
+from dcpulse.streams.alerting import AlertEvent, RuleEngine, decode_alert_entry
+from dcpulse.streams.alertrules import Rule
 from dcpulse.streams.eventtime import SiteClock, accept_watermark, due_windows, sample_time_verdict
 from dcpulse.streams.state import OFFSET_KEY, PartitionState
 from dcpulse.streams.validation import DUPLICATE, STAGE_ERROR, ParsedBatch, epoch_ms, iso_ms, parse_record
@@ -36,6 +39,7 @@ class Outputs:
     dead: list[tuple[bytes | None, DeadLetter]] = field(default_factory=list)
     results: list[AnalyticsPoint] = field(default_factory=list)  # rack utilisation
     partials: list[SitePartial] = field(default_factory=list)
+    alerts: list[AlertEvent] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -61,6 +65,8 @@ def decode_state(key: str, data: Any) -> Any:
         return DeviceState.from_json(data)
     if key.startswith("clock/"):
         return SiteClock.from_json(data)
+    if key.startswith("alert"):
+        return decode_alert_entry(key, data)
     return data  # the offset guard and held watermarks (int), device lists (sorted names)
 
 
@@ -70,7 +76,7 @@ def new_state(partition: int, buckets: int) -> PartitionState:
 
 class PartitionStage:
     def __init__(self, topic: str, partition: int, partitions: int, state: PartitionState,
-                 validation: ValidationSettings, analytics: AnalyticsSettings) -> None:
+                 validation: ValidationSettings, analytics: AnalyticsSettings, alert_rules: Sequence[Rule] = ()) -> None:
         self.topic = topic
         self.partition = partition
         self.partitions = partitions  # of the raw topic: how many partials each window gets
@@ -82,6 +88,8 @@ class PartitionStage:
         self.skew_ms = round(validation.max_clock_skew_s * 1000)
         self.pause_ms = round(validation.max_producer_pause_s * 1000)
         self.forget_ms = round(analytics.meter_forget_s * 1000)
+        # Alert state lives in the partition's state, so it is checkpointed with the windows.
+        self.alerts = RuleEngine(list(alert_rules), state) if alert_rules else None
 
     def handle(self, out: Outputs, offset: int, producer_ms: int | None, key: bytes | None,
                value: bytes | None) -> None:
@@ -120,6 +128,8 @@ class PartitionStage:
             verdict = self._sample(site, clock, sample, producer_ms)
             if verdict is not None:
                 rejected[i] = verdict
+            elif self.alerts is not None:
+                out.alerts.extend(self.alerts.observe(site, sample))
             elif clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
                 out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
         out.counts["samples_valid"] += len(batch.samples) - len(rejected)

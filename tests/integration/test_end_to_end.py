@@ -11,6 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from dcpulse.contract import DeviceKind
 from dcpulse.demo import demo_record, publish, wait_for_samples
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
@@ -91,3 +92,28 @@ def test_bad_record_is_dead_lettered_and_good_one_still_lands(
     assert found["stage"] == "validate"
     assert found["source_topic"] == settings.topics.telemetry
     assert base64.b64decode(found["original_value_b64"]) == bad_value
+
+
+def test_a_leak_sample_raises_its_alert_on_the_alerts_topic(services: LocalServices, settings: Settings,
+                                                             tmp_path) -> None:
+    good = demo_record()
+    leak = good.samples[0].model_copy(update={"device": f"leak-{uuid.uuid4().hex[:8]}", "kind": DeviceKind.LEAK_SENSOR,
+                                              "row": None, "rack": None, "metrics": {"leak": 1.0}})
+    batch = good.model_copy(update={"agent": "hall-h1", "samples": [leak]})
+    alerts = tail_consumer(settings, settings.topics.alerts)
+    with running_pipeline(settings, log_dir=tmp_path) as pipeline:
+        publish(settings, batch)
+        deadline, found = time.monotonic() + 120, None
+        while found is None and time.monotonic() < deadline:
+            pipeline.check_alive()
+            for records in alerts.poll(timeout_ms=500).values():
+                for message in records:
+                    event = orjson.loads(message.value)
+                    if event["labels"].get("device") == leak.device:
+                        found = (message.key, event)
+    alerts.close()
+    assert found is not None, "no alert transition for the leak"
+    key, event = found
+    assert event["labels"]["alertname"] == "coolant_leak" and event["new"] == "firing"
+    assert event["labels"]["site"] == "demo" and event["labels"]["hall"] == "h1"
+    assert key == event["fingerprint"].encode() and event["schema"] == "dcpulse.alert/1"

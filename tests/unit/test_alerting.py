@@ -17,8 +17,13 @@ from dcpulse.producers.recording import RecordedMessage, write_recording
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.settings import AnalyticsSettings, ValidationSettings
 from dcpulse.streams.alerting import RuleEngine
+from dcpulse.streams.stage import Outputs, PartitionStage, new_state
 from dcpulse.streams.alertrules import DEFAULT_RULES, RulesError, load_rules, parse_rules
+
+from tests.unit.test_stage import T0 as T0_MS
+from tests.unit.test_stage import ToySite
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
 
@@ -156,3 +161,34 @@ def test_each_fault_raises_its_default_rules(tmp_path, fault: str, expected: set
     fired = {orjson.loads(line)["labels"]["alertname"] for line in result.output.splitlines()
              if orjson.loads(line)["new"] == "firing"}
     assert expected <= fired
+
+
+NEAR_CAP = parse_rules('[[rule]]\nname = "near_cap"\nkind = "pdu"\nmetric = "power_kw"\ndivide_by = "rated_kw"\n'
+                       'condition = "above"\nthreshold = 0.95\nclear = 0.9\nfor_s = 20\n')
+
+
+def _stage_events(records, restart_at: int | None) -> list[dict]:
+    """The alert events of one partition's stage; with `restart_at`, the stage is checkpointed
+    there and a new stage loaded from the checkpoint carries on (a worker restart)."""
+    stage = PartitionStage("raw", 0, 1, new_state(0, 16), ValidationSettings(), AnalyticsSettings(), NEAR_CAP)
+    out, table = Outputs(), {}
+    for offset, (_, ts, key, value) in enumerate(records):
+        if offset == restart_at:
+            table.update(stage.state.dirty_buckets())
+            state = new_state(0, 16)
+            state.load(table)
+            stage = PartitionStage("raw", 0, 1, state, ValidationSettings(), AnalyticsSettings(), NEAR_CAP)
+        stage.handle(out, offset, ts, key, value)
+    return [e.to_json() for e in out.alerts]
+
+
+def test_the_stage_raises_alerts_and_a_restart_from_its_checkpoint_changes_nothing() -> None:
+    site = ToySite(racks=2)
+    records = site.records(6, lambda _k: 0, 1)
+    site.pdu_kw = site.rated_kw * 0.97
+    records += site.records(6, lambda _k: 0, 1, first_tick_ms=T0_MS + 7 * site.dt_ms)
+    straight = _stage_events(records, None)
+    assert [(e["labels"]["rack"], e["new"]) for e in straight] == [
+        ("h1-k1", "pending"), ("h1-k2", "pending"), ("h1-k1", "firing"), ("h1-k2", "firing")]
+    for cut in (len(records) // 2, len(records) - 5):
+        assert _stage_events(records, cut) == straight
