@@ -24,9 +24,9 @@ def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
     bucket = prefix.replace("-", "_")
     with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
         created = [client.buckets_api().create_bucket(bucket_name=f"{bucket}_{kind}", org=base.influx.org)
-                   for kind in ("raw", "analytics")]
+                   for kind in ("raw", "analytics", "alerts")]
     env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
-           "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw",
+           "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw", "DCPULSE_INFLUX__BUCKETS__ALERTS": f"{bucket}_alerts",
            # The scoped tokens cover only the standard buckets; these buckets are the admin's.
            "DCPULSE_INFLUX__WRITE_TOKEN": admin_token, "DCPULSE_INFLUX__READ_TOKEN": admin_token}
     saved = {k: os.environ.get(k) for k in env}

@@ -192,3 +192,26 @@ def analytics_lines(value: bytes) -> Lines:
     except _MISSHAPEN as exc:
         return _record_refused(_misshapen(exc, "not an analytics point"))
     return Lines([line.encode()], [None], [])
+
+
+def alert_lines(value: bytes) -> Lines:
+    """An alert transition (dcpulse.alert/1) -> one `alert` line: every label but `flapping` a
+    tag, plus `fingerprint`; fields `state`, `old`, `value`, `resolved`, `flapping` and the
+    summary; time = the transition's event time in ns (docs/influx-schema.md)."""
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return _record_refused(Rejection("malformed_json", str(exc)[:1000]))
+    try:
+        labels = {k: v for k, v in event["labels"].items() if k != "flapping"}
+        labels["fingerprint"] = event["fingerprint"]
+        tags = "".join(f",{escape_key(key)}={escape_tag_value(tag)}" for key, tag in sorted(labels.items()) if tag)
+        fields = [f"state={string_field(event['new'])}", f"old={string_field(event['old'])}",
+                  f"value={float(event['value'])!r}", f"resolved={'true' if event['resolved'] else 'false'}",
+                  f"flapping={'true' if event['flapping'] else 'false'}"]
+        if summary := event.get("annotations", {}).get("summary"):
+            fields.append(f"summary={string_field(summary)}")
+        line = f"alert{tags} {','.join(fields)} {timestamp_ns(event['at'])}"
+    except _MISSHAPEN as exc:
+        return _record_refused(_misshapen(exc, "not an alert transition"))
+    return Lines([line.encode()], [None], [])

@@ -1,4 +1,5 @@
-"""`dcpulse sink`: valid telemetry -> raw bucket, window results -> analytics bucket.
+"""`dcpulse sink`: valid telemetry -> raw bucket, window results -> analytics bucket, alert
+transitions -> alerts bucket.
 
 Each sink is one consumer group (named through `settings.topics.group`, so a sandbox never
 joins the main pipeline's groups) in its own thread; SIGINT/SIGTERM stops both, and each leaves
@@ -17,7 +18,7 @@ from dcpulse import kafka_clients
 from dcpulse.settings import Settings
 from dcpulse.sinks.deadletters import DeadLetters
 from dcpulse.sinks.influx import InfluxWriter
-from dcpulse.sinks.points import Convert, TelemetryLines, analytics_lines
+from dcpulse.sinks.points import Convert, TelemetryLines, alert_lines, analytics_lines
 from dcpulse.sinks.sink import Sink
 
 RETENTION_MARGIN = timedelta(minutes=5)  # do not race the retention boundary
@@ -53,13 +54,15 @@ def raw_lines(settings: Settings) -> TelemetryLines:
 
 
 def build_sinks(settings: Settings, writer_factory: Callable[[], InfluxWriter]) -> list[Sink]:
-    """The raw sink and the analytics sink, each with its own writer and consumer group."""
+    """The raw, analytics and alerts sinks, each with its own writer and consumer group."""
     t, b = settings.topics, settings.influx.buckets
     return [
         kafka_sink(settings, writer_factory(), name="raw", topics=[t.telemetry_valid], bucket=b.raw,
                    convert=raw_lines(settings)),
         kafka_sink(settings, writer_factory(), name="analytics", topics=[t.pue, t.utilisation],
                    bucket=b.analytics, convert=analytics_lines),
+        kafka_sink(settings, writer_factory(), name="alerts", topics=[t.alerts], bucket=b.alerts,
+                   convert=alert_lines),
     ]
 
 

@@ -10,7 +10,7 @@ Alerts carry the sample's topology (site, hall, row, rack, device) as labels.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -21,6 +21,27 @@ from dcpulse.streams.alertstate import ACTIVE, AlertState, Timing, Transition, b
 from dcpulse.streams.validation import epoch_ms, iso_ms
 
 ALERT_SCHEMA = "dcpulse.alert/1"
+
+
+class Located(Protocol):
+    """What labels an alert: a sample, or a silent device."""
+
+    device: str
+    kind: Any
+    hall: str | None
+    row: str | None
+    rack: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Silent:
+    """A device that has stopped reporting, as its last sample located it."""
+
+    device: str
+    kind: str
+    hall: str | None
+    row: str | None
+    rack: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +85,9 @@ class RuleEngine:
         self.rules = rules
         self.store: MutableMapping[str, Any] = store if store is not None else {}
         self._by_kind: dict[str, list[Rule]] = {}
+        self._nodata: dict[str, list[Rule]] = {}
         for rule in rules:
-            self._by_kind.setdefault(rule.kind, []).append(rule)
+            (self._nodata if rule.condition == "nodata" else self._by_kind).setdefault(rule.kind, []).append(rule)
         self._timing = {rule.name: Timing(round(rule.for_s * 1000), round(rule.keep_firing_for_s * 1000))
                         for rule in rules}
         # (kind, metric names) -> the (rule, metric) pairs to judge: samples of one device type
@@ -116,7 +138,24 @@ class RuleEngine:
             events.extend(self._judge(site, sample, rule, metric, raw, ts))
         return events
 
-    def _judge(self, site: str, sample: Sample, rule: Rule, metric: str, raw: float, ts: int) -> list[AlertEvent]:
+    @property
+    def watches_silence(self) -> bool:
+        return bool(self._nodata)
+
+    def silence(self, site: str, device: Silent, last_ms: int, now_ms: int) -> list[AlertEvent]:
+        """NoData rules of the device's kind at the site's event time `now_ms`: the condition is
+        that the device's last accepted sample (at `last_ms`) is more than `threshold` seconds
+        old. The alert carries the device's own topology labels, so routes and silences of
+        its other alerts apply to it too."""
+        events: list[AlertEvent] = []
+        silent_s = (now_ms - last_ms) / 1000
+        for rule in self._nodata.get(device.kind, ()):
+            if (site, rule.name, device.device, rule.metric) not in self._held and silent_s <= rule.threshold:
+                continue
+            events.extend(self._judge(site, device, rule, rule.metric, silent_s, now_ms))
+        return events
+
+    def _judge(self, site: str, sample: Located, rule: Rule, metric: str, raw: float, ts: int) -> list[AlertEvent]:
         entity = sample.device if metric == rule.metric else f"{sample.device}/{metric}"
         value = self._value(site, rule, entity, ts, raw)
         if value is None:
@@ -151,13 +190,15 @@ class RuleEngine:
 def _condition(rule: Rule, value: float, active: bool) -> bool:
     if rule.condition == "equals":
         return value == rule.threshold
+    if rule.condition == "nodata":
+        return value > rule.threshold
     above = rule.condition in ("above", "rate_above")
     return breached(value, rule.threshold, rule.clear, above, active)
 
 
-def labels_of(rule: Rule, site: str, sample: Sample, metric: str) -> dict[str, str]:
+def labels_of(rule: Rule, site: str, sample: Located, metric: str) -> dict[str, str]:
     labels = {"alertname": rule.name, "severity": rule.severity, "site": site, "device": sample.device,
-              "kind": sample.kind}
+              "kind": str(sample.kind)}
     for name in ("hall", "row", "rack"):
         if (where := getattr(sample, name)) is not None:
             labels[name] = where
@@ -170,7 +211,7 @@ def fingerprint(labels: dict[str, str]) -> str:
     return hashlib.sha256("\x00".join(f"{k}={v}" for k, v in sorted(labels.items())).encode()).hexdigest()[:16]
 
 
-def _event(rule: Rule, site: str, sample: Sample, metric: str, value: float, transition: Transition) -> AlertEvent:
+def _event(rule: Rule, site: str, sample: Located, metric: str, value: float, transition: Transition) -> AlertEvent:
     labels = labels_of(rule, site, sample, metric)
     if transition.flapping:
         labels = {**labels, "flapping": "true"}

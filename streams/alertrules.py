@@ -4,7 +4,8 @@ A rules file is TOML with one `[[rule]]` table per rule (streams/alert_rules.tom
 pack and the reference example). A rule names its input (a device `kind` and a `metric`, which
 may be a glob such as `acc*_temp_c`: each matching metric of a device is its own alert; with
 `divide_by` the value judged is that metric over another of the same sample), a
-condition (`above`, `below`, `equals`, or `rate_above` / `rate_below` in units per minute), a
+condition (`above`, `below`, `equals`, `rate_above` / `rate_below` in units per minute, or
+`nodata`: the device has sent nothing for `threshold` seconds of its site's event time), a
 `threshold`, an optional `clear` threshold (hysteresis), `for_s`, `keep_firing_for_s`, a
 `severity`, extra `labels` and `annotations` templates (`summary`, `description`, `runbook`)
 that may use `{site}`, `{hall}`, `{row}`, `{rack}`, `{device}`, `{metric}`, `{value}` and
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dcpulse.contract import DeviceKind
 
 DEFAULT_RULES = Path(__file__).with_name("alert_rules.toml")
-Condition = Literal["above", "below", "equals", "rate_above", "rate_below"]
+Condition = Literal["above", "below", "equals", "rate_above", "rate_below", "nodata"]
 Severity = Literal["info", "warning", "critical"]
 TEMPLATE_FIELDS = frozenset({"site", "hall", "row", "rack", "device", "metric", "value", "threshold"})
 
@@ -36,7 +37,7 @@ class Rule(BaseModel):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="alertname; unique in the file")
     kind: DeviceKind
-    metric: str = Field(min_length=1, description="metric name or glob (fnmatch)")
+    metric: str = Field("*", min_length=1, description="metric name or glob (fnmatch); not used by nodata")
     divide_by: str | None = Field(None, description="judge metric / this metric of the same sample (a ratio)")
     condition: Condition
     threshold: float
@@ -54,8 +55,10 @@ class Rule(BaseModel):
                 raise ValueError(f"clear {self.clear} must not be above threshold {self.threshold} for '{self.condition}'")
             if self.condition in ("below", "rate_below") and self.clear < self.threshold:
                 raise ValueError(f"clear {self.clear} must not be below threshold {self.threshold} for '{self.condition}'")
-            if self.condition == "equals":
-                raise ValueError("clear has no meaning for 'equals'")
+            if self.condition in ("equals", "nodata"):
+                raise ValueError(f"clear has no meaning for '{self.condition}'")
+        if self.condition == "nodata" and self.threshold <= 0:
+            raise ValueError("a nodata threshold is the seconds of silence: it must be > 0")
         for key, template in self.annotations.items():
             unknown = _template_fields(template) - TEMPLATE_FIELDS
             if unknown:

@@ -10,8 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcpulse.cliutil import console
-from dcpulse.contract import TelemetryBatch
-from dcpulse.streams.alerting import RuleEngine
 from dcpulse.streams.alertrules import Rule, RulesError, load_rules
 from dcpulse.streams.validation import iso_ms
 
@@ -51,27 +49,29 @@ def alerts_rules(rules_path: Path | None) -> None:
 @RULES_OPTION
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per transition")
 def alerts_replay(recording: Path, rules_path: Path | None, as_json: bool) -> None:
-    """Run the rules over a recording's telemetry, in its replay order, and print every alert
-    transition in event time. The same recording always gives the same transitions."""
+    """Run the rules over a recording, through the stream worker's own partition stage (one
+    partition, its watermarks included), and print every alert transition in event time. The
+    same recording always gives the same transitions."""
     from dcpulse.producers.recording import replay_plan
+    from dcpulse.settings import AnalyticsSettings, ValidationSettings
+    from dcpulse.streams.stage import Outputs, PartitionStage, new_state
 
-    engine = RuleEngine(_rules(rules_path))
+    analytics = AnalyticsSettings()
+    stage = PartitionStage("replay", 0, 1, new_state(0, analytics.state_buckets), ValidationSettings(), analytics,
+                           _rules(rules_path))
     count = 0
-    for _, _, _, value in replay_plan(recording, 1):
-        try:
-            batch = TelemetryBatch.model_validate_json(value or b"")
-        except ValueError:
-            continue  # watermarks, and what validation would dead-letter
-        for sample in batch.samples:
-            for event in engine.observe(batch.site, sample):
-                count += 1
-                t = event.transition
-                if as_json:
-                    click.echo(orjson.dumps(event.to_json()).decode())
-                else:
-                    where = "/".join(event.labels[k] for k in ("site", "hall", "rack", "device") if k in event.labels)
-                    flag = " (flapping)" if t.flapping else ""
-                    click.echo(f"{iso_ms(t.at_ms)}  {event.rule:<32} {t.old:>11} -> {t.new:<11}{flag} {where} "
-                               f"value {event.value:.4g}")
+    for offset, (_, timestamp_ms, key, value) in enumerate(replay_plan(recording, 1)):
+        out = Outputs()
+        stage.handle(out, offset, timestamp_ms, key, value)
+        for event in out.alerts:
+            count += 1
+            t = event.transition
+            if as_json:
+                click.echo(orjson.dumps(event.to_json()).decode())
+            else:
+                where = "/".join(event.labels[k] for k in ("site", "hall", "rack", "device") if k in event.labels)
+                flag = " (flapping)" if t.flapping else ""
+                click.echo(f"{iso_ms(t.at_ms)}  {event.rule:<32} {t.old:>11} -> {t.new:<11}{flag} {where} "
+                           f"value {event.value:.4g}")
     if not as_json:
         click.echo(f"{count} transitions", err=True)

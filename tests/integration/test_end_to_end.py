@@ -15,7 +15,9 @@ from dcpulse.contract import DeviceKind
 from dcpulse.demo import demo_record, publish, wait_for_samples
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
+from dcpulse.services.onboarding import influx_token
 from dcpulse.settings import Settings
+from dcpulse.sinks.query import read_rows
 from tests.integration.support import tail_consumer
 
 pytestmark = pytest.mark.integration
@@ -111,9 +113,27 @@ def test_a_leak_sample_raises_its_alert_on_the_alerts_topic(services: LocalServi
                     event = orjson.loads(message.value)
                     if event["labels"].get("device") == leak.device:
                         found = (message.key, event)
+        rows = _wait_for_alert_rows(settings, leak.device, pipeline.check_alive) if found else []
     alerts.close()
     assert found is not None, "no alert transition for the leak"
     key, event = found
     assert event["labels"]["alertname"] == "coolant_leak" and event["new"] == "firing"
     assert event["labels"]["site"] == "demo" and event["labels"]["hall"] == "h1"
     assert key == event["fingerprint"].encode() and event["schema"] == "dcpulse.alert/1"
+    assert len(rows) == 1, "the transition is not in the alerts bucket"
+    assert (rows[0]["state"], rows[0]["old"], rows[0]["fingerprint"]) == ("firing", "inactive", event["fingerprint"])
+    assert rows[0]["_time"] == leak.ts
+
+
+def _wait_for_alert_rows(settings: Settings, device: str, check, timeout_s: float = 60) -> list[dict]:
+    query = (f'from(bucket: "{settings.influx.buckets.alerts}") |> range(start: -1h, stop: 2100-01-01T00:00:00Z)'
+             f' |> filter(fn: (r) => r._measurement == "alert" and r.device == "{device}")'
+             ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check()
+        rows = read_rows(settings.influx.url, influx_token(settings, "read"), settings.influx.org, query)
+        if rows:
+            return rows
+        time.sleep(1)
+    return []

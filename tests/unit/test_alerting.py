@@ -155,6 +155,7 @@ def test_alerts_rules_names_the_rule_at_fault(tmp_path) -> None:
     ("cdu_pump_failure:small@1m+2m", {"cdu_pump_redundancy_lost", "accelerator_temperature_high",
                                       "accelerator_thermal_throttling"}),
     ("hot_spot:small@1m+3m", {"rack_inlet_above_allowable", "rack_inlet_above_a2_allowable"}),
+    ("sensor_dropout:small@1m+2m", {"device_not_reporting"}),
 ])
 def test_each_fault_raises_its_default_rules(tmp_path, fault: str, expected: set[str]) -> None:
     result = CliRunner().invoke(main, ["alerts", "replay", str(_recording(tmp_path, [fault])), "--json"])
@@ -192,3 +193,22 @@ def test_the_stage_raises_alerts_and_a_restart_from_its_checkpoint_changes_nothi
         ("h1-k1", "pending"), ("h1-k2", "pending"), ("h1-k1", "firing"), ("h1-k2", "firing")]
     for cut in (len(records) // 2, len(records) - 5):
         assert _stage_events(records, cut) == straight
+
+
+def test_a_silent_device_raises_nodata_with_its_topology_and_its_return_resolves_the_same_alert(tmp_path) -> None:
+    result = CliRunner().invoke(main, ["alerts", "replay", str(_recording(tmp_path, ["sensor_dropout:small@1m+2m"])),
+                                       "--json"])
+    events = [orjson.loads(line) for line in result.output.splitlines()]
+    silent = [e for e in events if e["labels"]["alertname"] == "device_not_reporting"]
+    assert [e["new"] for e in silent] == ["firing", "inactive"]
+    firing, back = silent
+    assert firing["fingerprint"] == back["fingerprint"] and back["resolved"]
+    assert {"site", "hall", "rack", "device"} <= set(firing["labels"]) and firing["value"] > 35
+    assert "2026-07-01T00:01:00" < firing["at"] < "2026-07-01T00:02:00" < back["at"]
+
+
+def test_a_nodata_rule_needs_seconds_and_no_clear() -> None:
+    with pytest.raises(RulesError, match="must be > 0"):
+        parse_rules('[[rule]]\nname = "x"\nkind = "cdu"\ncondition = "nodata"\nthreshold = 0\n')
+    with pytest.raises(RulesError, match="clear has no meaning"):
+        parse_rules('[[rule]]\nname = "x"\nkind = "cdu"\ncondition = "nodata"\nthreshold = 30\nclear = 20\n')

@@ -3,7 +3,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from dcpulse.contract import AnalyticsPoint, DeviceKind, Sample, TelemetryBatch
-from dcpulse.sinks.points import TelemetryLines, analytics_lines, escape_tag_value, fields
+from dcpulse.sinks.points import TelemetryLines, alert_lines, analytics_lines, escape_tag_value, fields
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 TS = datetime(2026, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
@@ -92,3 +92,17 @@ def test_an_analytics_point_with_no_field_value_is_refused() -> None:
                            time=datetime(2026, 1, 1, tzinfo=UTC))  # NaN travels as null
     [refused] = analytics_lines(point.to_bytes()).refused
     assert refused.rejection.reason == "invalid_fields" and refused.sample_index is None
+
+
+def test_an_alert_transition_becomes_one_alert_line_with_its_labels_as_tags() -> None:
+    event = {"schema": "dcpulse.alert/1", "at": "2026-07-01T00:00:10.500Z", "old": "pending", "new": "firing",
+             "resolved": False, "flapping": True, "value": 86.5, "fingerprint": "abc123",
+             "labels": {"alertname": "hot", "severity": "warning", "site": "s 1", "device": "d,1", "flapping": "true"},
+             "annotations": {"summary": 'Accelerator "0" hot'}}
+    (line,), sources, refused = alert_lines(orjson.dumps(event))
+    assert line == (b'alert,alertname=hot,device=d\\,1,fingerprint=abc123,severity=warning,site=s\\ 1 '
+                    b'state="firing",old="pending",value=86.5,resolved=false,flapping=true,'
+                    b'summary="Accelerator \\"0\\" hot" 1782864010500000000')
+    assert sources == [None] and refused == []
+    assert alert_lines(b"{not json").refused[0].rejection.reason == "malformed_json"
+    assert alert_lines(orjson.dumps({"labels": {}})).refused[0].rejection.reason == "invalid_fields"
