@@ -103,23 +103,22 @@ class RuleEngine:
                                                  for metric in names if fnmatchcase(metric, rule.metric)]
         return plan
 
-    def _index(self) -> set[tuple[str, str, str, str]]:
-        """(site, rule, device, metric) of every stored alert state: the ones that are not quiet."""
-        held = set()
+    def _index(self) -> dict[tuple[str, str], set[tuple[str, str]]]:
+        """(site, device) -> {(rule, metric)} of every stored alert state: those not quiet."""
+        held: dict[tuple[str, str], set[tuple[str, str]]] = {}
         globs = {rule.name: rule.metric for rule in self.rules}
         for key in self.store:
             if key.startswith("alert/"):
                 _, site, rule, entity = key.split("/", 3)
                 device, _, metric = entity.partition("/")
-                held.add((site, rule, device, metric or globs.get(rule, "")))
+                held.setdefault((site, device), set()).add((rule, metric or globs.get(rule, "")))
         return held
 
     def observe(self, site: str, sample: Sample) -> list[AlertEvent]:
         """Evaluate every rule of the sample's kind on it; the transitions it caused."""
         events: list[AlertEvent] = []
         metrics = sample.metrics
-        held = self._held
-        device = sample.device
+        mine = self._held.get((site, sample.device))  # None for a device with no alert: the common case
         ts: int | None = None
         for rule, metric in self._plan(sample.kind, metrics):
             raw = metrics[metric]
@@ -129,11 +128,11 @@ class RuleEngine:
                     continue  # no ratio without its denominator
                 raw = raw / divisor
             condition = rule.condition
-            if (site, rule.name, device, metric) not in held:
-                # Quiet: only a breach of the entry threshold can change anything (the hot path).
-                if (condition == "above" and raw <= rule.threshold or condition == "below" and raw >= rule.threshold
-                        or condition == "equals" and raw != rule.threshold):
-                    continue
+            # Quiet: only a breach of the entry threshold can change anything (the hot path).
+            if ((condition == "above" and raw <= rule.threshold or condition == "below" and raw >= rule.threshold
+                 or condition == "equals" and raw != rule.threshold)
+                    and (mine is None or (rule.name, metric) not in mine)):
+                continue
             ts = epoch_ms(sample.ts) if ts is None else ts
             events.extend(self._judge(site, sample, rule, metric, raw, ts))
         return events
@@ -142,17 +141,26 @@ class RuleEngine:
     def watches_silence(self) -> bool:
         return bool(self._nodata)
 
-    def silence(self, site: str, device: Silent, last_ms: int, now_ms: int) -> list[AlertEvent]:
+    def alerting(self, site: str, device: str) -> bool:
+        """Whether any alert of the device is stored (not quiet)."""
+        return (site, device) in self._held
+
+    def silence(self, site: str, device: str, kind: str, hall: str | None, rack: str | None, last_ms: int,
+                now_ms: int) -> list[AlertEvent]:
         """NoData rules of the device's kind at the site's event time `now_ms`: the condition is
         that the device's last accepted sample (at `last_ms`) is more than `threshold` seconds
-        old. The alert carries the device's own topology labels, so routes and silences of
-        its other alerts apply to it too."""
+        old. The alert carries the device's own topology labels (site, hall, rack, device), so
+        routes and silences of its other alerts apply to it too. Called on every watermark for
+        every device, and on every sample (a silent device that reports again): a device that
+        is neither silent nor alerting costs a comparison and a set lookup per rule."""
         events: list[AlertEvent] = []
         silent_s = (now_ms - last_ms) / 1000
-        for rule in self._nodata.get(device.kind, ()):
-            if (site, rule.name, device.device, rule.metric) not in self._held and silent_s <= rule.threshold:
+        mine = self._held.get((site, device))
+        for rule in self._nodata.get(kind, ()):
+            if silent_s <= rule.threshold and (mine is None or (rule.name, rule.metric) not in mine):
                 continue
-            events.extend(self._judge(site, device, rule, rule.metric, silent_s, now_ms))
+            events.extend(self._judge(site, Silent(device, kind, hall, None, rack), rule, rule.metric, silent_s,
+                                      now_ms))
         return events
 
     def _judge(self, site: str, sample: Located, rule: Rule, metric: str, raw: float, ts: int) -> list[AlertEvent]:
@@ -166,13 +174,16 @@ class RuleEngine:
         if current is None and not condition:
             return []
         step = evaluate(current or AlertState(), condition, ts, self._timing[rule.name])
-        ident = (site, rule.name, sample.device, metric)
+        where, ident = (site, sample.device), (rule.name, metric)
         if step.state.quiet:
-            self._held.discard(ident)
+            if (mine := self._held.get(where)) is not None:
+                mine.discard(ident)
+                if not mine:
+                    del self._held[where]
             if current is not None:
                 del self.store[key]
         else:
-            self._held.add(ident)
+            self._held.setdefault(where, set()).add(ident)
             self.store[key] = step.state
         return [_event(rule, site, sample, metric, value, t) for t in step.transitions]
 

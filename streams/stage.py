@@ -23,7 +23,7 @@ import orjson
 from dcpulse.contract import TELEMETRY_SCHEMA, AnalyticsPoint, DeadLetter, Sample, Watermark
 from dcpulse.deadletter import Rejection, dead_letter
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.alerting import AlertEvent, RuleEngine, Silent, decode_alert_entry
+from dcpulse.streams.alerting import AlertEvent, RuleEngine, decode_alert_entry
 from dcpulse.streams.alertrules import Rule
 from dcpulse.streams.eventtime import SiteClock, accept_watermark, due_windows, sample_time_verdict
 from dcpulse.streams.state import OFFSET_KEY, PartitionState
@@ -130,10 +130,10 @@ class PartitionStage:
                 rejected[i] = verdict
             elif self.alerts is not None:
                 out.alerts.extend(self.alerts.observe(site, sample))
-                if self.alerts.watches_silence:  # a silent device that reports again
+                if self.alerts.watches_silence and self.alerts.alerting(site, sample.device):  # back from silence?
                     ts = epoch_ms(sample.ts)
-                    out.alerts.extend(self.alerts.silence(
-                        site, Silent(sample.device, sample.kind.value, sample.hall, None, sample.rack), ts, ts))
+                    out.alerts.extend(self.alerts.silence(site, sample.device, sample.kind.value, sample.hall,
+                                                          sample.rack, ts, ts))
             elif clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
                 out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
         out.counts["samples_valid"] += len(batch.samples) - len(rejected)
@@ -200,8 +200,8 @@ class PartitionStage:
         if self.alerts is not None and self.alerts.watches_silence:
             for name in self.state.get(devices_key(site)) or []:
                 device: DeviceState = self.state[device_key(site, name)]
-                out.alerts.extend(self.alerts.silence(site, Silent(name, device.kind, device.hall, None, device.rack),
-                                                      device.ts_ms, moved.watermark_ms))
+                out.alerts.extend(self.alerts.silence(site, name, device.kind, device.hall, device.rack, device.ts_ms,
+                                                      moved.watermark_ms))
 
     def _close(self, out: Outputs, site: str, start: int) -> None:
         state, end = self.state, start + self.window_ms
