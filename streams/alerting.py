@@ -135,15 +135,15 @@ class RuleEngine:
                 continue
             ts = epoch_ms(sample.ts) if ts is None else ts
             events.extend(self._judge(site, sample, rule, metric, raw, ts))
+        if mine and sample.kind in self._nodata:  # a device back from silence resolves its NoData alert
+            ts = epoch_ms(sample.ts) if ts is None else ts
+            events.extend(self.silence(site, sample.device, sample.kind.value, sample.hall, sample.rack, ts, ts))
         return events
 
     @property
     def watches_silence(self) -> bool:
         return bool(self._nodata)
 
-    def alerting(self, site: str, device: str) -> bool:
-        """Whether any alert of the device is stored (not quiet)."""
-        return (site, device) in self._held
 
     def silence(self, site: str, device: str, kind: str, hall: str | None, rack: str | None, last_ms: int,
                 now_ms: int) -> list[AlertEvent]:

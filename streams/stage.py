@@ -12,7 +12,6 @@ runs one per assigned partition over a `PartitionState` it checkpoints; the offl
 from __future__ import annotations
 
 import json
-
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -128,13 +127,10 @@ class PartitionStage:
             verdict = self._sample(site, clock, sample, producer_ms)
             if verdict is not None:
                 rejected[i] = verdict
-            elif self.alerts is not None:
+                continue
+            if self.alerts is not None:
                 out.alerts.extend(self.alerts.observe(site, sample))
-                if self.alerts.watches_silence and self.alerts.alerting(site, sample.device):  # back from silence?
-                    ts = epoch_ms(sample.ts)
-                    out.alerts.extend(self.alerts.silence(site, sample.device, sample.kind.value, sample.hall,
-                                                          sample.rack, ts, ts))
-            elif clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
+            if clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
                 out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
         out.counts["samples_valid"] += len(batch.samples) - len(rejected)
         out.counts["batches"] += 1

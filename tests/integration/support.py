@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.query import flux_string, flux_time, read_rows, sample_count_query
 
+T = TypeVar("T")
 TAGS = ("site", "category", "window", "hall", "level", "entity")
 
 
@@ -75,17 +77,7 @@ def wait_for_raw_points(settings: Settings, start: datetime, expected: int, chec
                         timeout_s: float = 300, quiet_s: float = 45) -> int:
     """`count_raw_points` once it reaches `expected`, or once it has not changed for `quiet_s`
     (the raw sink can still be working off a backlog when the results are all in)."""
-    deadline = time.monotonic() + timeout_s
-    found, stable_since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        check()
-        latest = count_raw_points(settings, start)
-        if latest != found:
-            found, stable_since = latest, time.monotonic()
-        if found >= expected or time.monotonic() - stable_since > quiet_s:
-            break
-        time.sleep(2)
-    return found
+    return _settle(lambda: count_raw_points(settings, start), lambda n: n, expected, check, timeout_s, quiet_s)
 
 
 def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path, start: datetime, minutes: int,
@@ -123,20 +115,29 @@ def recorded_samples(recording: Path, partitions: int) -> int:
 def wait_for_results(settings: Settings, start: datetime, expected: int, check: Callable[[], None],
                      timeout_s: float = 300, quiet_s: float = 20) -> dict[str, dict]:
     """Poll until `expected` points are in, or nothing new came for `quiet_s`; then read once more."""
+    _settle(lambda: read_results(settings, start), len, expected, check, timeout_s, quiet_s)
+    time.sleep(3)  # anything still in flight would show as an extra point
+    return read_results(settings, start)
+
+
+def _settle(read: Callable[[], T], size: Callable[[T], int], expected: int, check: Callable[[], None],
+            timeout_s: float, quiet_s: float) -> T:
+    """Poll `read` every 2 s until its size reaches `expected`, or it is non-empty and has not
+    changed size for `quiet_s`, or `timeout_s` passed; the last value read."""
     deadline = time.monotonic() + timeout_s
-    results: dict[str, dict] = {}
+    found: T | None = None
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         check()
-        latest = read_results(settings, start)
-        if len(latest) != len(results):
+        latest = read()
+        if found is None or size(latest) != size(found):
             stable_since = time.monotonic()
-        results = latest
-        if len(results) >= expected or (results and time.monotonic() - stable_since > quiet_s):
+        found = latest
+        if size(found) >= expected or (size(found) and time.monotonic() - stable_since > quiet_s):
             break
         time.sleep(2)
-    time.sleep(3)  # anything still in flight would show as an extra point
-    return read_results(settings, start)
+    assert found is not None, "nothing read before the timeout"
+    return found
 
 
 def assert_equal_to_reference(found: dict[str, dict], expected: dict[str, dict]) -> None:
