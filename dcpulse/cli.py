@@ -60,13 +60,13 @@ def services_up() -> None:
 
 @services.command("down")
 def services_down() -> None:
-    """Stop both servers: SIGTERM, then SIGKILL after the grace period."""
+    """Stop the servers (Kafka, InfluxDB, Alertmanager): SIGTERM, then SIGKILL after the grace period."""
     _local_services().down(say)
 
 
 @services.command("status")
 def services_status() -> None:
-    """Versions, addresses, PIDs and health of both servers. Exit code 1 unless both healthy."""
+    """Versions, addresses, PIDs and health of the servers. Exit code 1 unless all are healthy."""
     rows = _local_services().status()
     table = Table("service", "version", "address", "pid", "health", "built/cached")
     for row in rows:
@@ -80,7 +80,7 @@ def services_status() -> None:
 
 
 @services.command("logs")
-@click.argument("name", required=False, type=click.Choice(["kafka", "influxdb"]))
+@click.argument("name", required=False, type=click.Choice(["kafka", "influxdb", "alertmanager"]))
 @click.option("-n", "--lines", default=40, show_default=True, help="Lines from the end of each log")
 def services_logs(name: str | None, lines: int) -> None:
     """Show the end of each server's log (or of NAME's)."""
@@ -150,11 +150,13 @@ def sink() -> None:
     """Run the InfluxDB sinks (valid telemetry -> raw bucket, results -> analytics) until interrupted."""
     from dcpulse.services.onboarding import influx_token
     from dcpulse.sinks.influx import InfluxWriter
-    from dcpulse.sinks.runner import build_sinks, run_sinks
+    from dcpulse.sinks.runner import build_notifier, build_sinks, run_sinks
 
     settings = load_settings()
     token = influx_token(settings, "write")
-    run_sinks(build_sinks(settings, lambda: InfluxWriter(settings.influx.url, token, settings.influx.org)))
+    notifier = build_notifier(settings)
+    run_sinks(build_sinks(settings, lambda: InfluxWriter(settings.influx.url, token, settings.influx.org), notifier),
+              notifier)
 
 
 @main.command()

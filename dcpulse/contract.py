@@ -93,6 +93,8 @@ class Sample(Contract):
     hall: Name | None = None
     row: Name | None = None
     rack: Name | None = None
+    cdu: Name | None = Field(None, description="The CDU whose loop cools the device (liquid-cooled halls)")
+    feed: Name | None = Field(None, description="The UPS feed that powers the device")
     seq: int = Field(ge=0, le=2**63 - 1)
     ts: UtcDatetime = Field(description="Event time (UTC) from the agent's clock")
     metrics: dict[Name, FiniteFloat] = Field(min_length=1)

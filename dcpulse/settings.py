@@ -177,6 +177,26 @@ class AlertSettings(BaseModel):
     rules_file: Path | None = Field(None, description="Rules file (TOML); default: the built-in pack")
 
 
+class AlertmanagerSettings(BaseModel):
+    """The local Prometheus Alertmanager (`services up` builds and starts it) and how dcpulse
+    notifies it (docs/alerts.md)."""
+
+    enabled: bool = Field(True, description="Provision Alertmanager and post alerts to it")
+    version: str = Field("0.31.1", description="Go module version built with `go install`")
+    host: str = "127.0.0.1"
+    port: int = Field(9095, ge=1, le=65535, description="Not its usual 9093: that is Kafka's controller port here")
+    resend_s: float = Field(60.0, gt=0, description="Re-post firing alerts this often (Prometheus: 1 min)")
+    group_wait_s: float = Field(30.0, ge=0)
+    group_interval_s: float = Field(300.0, gt=0)
+    repeat_interval_s: float = Field(14_400.0, gt=0)
+    webhook_url: str | None = Field(None, description="The receiver's webhook (e.g. an on-call tool); "
+                                                      "none: notifications stay in Alertmanager")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DCPULSE_", env_nested_delimiter="__", extra="ignore"
@@ -189,6 +209,7 @@ class Settings(BaseSettings):
     analytics: AnalyticsSettings = AnalyticsSettings()
     validation: ValidationSettings = ValidationSettings()
     alerts: AlertSettings = AlertSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     log_format: str = Field("auto", description="auto (console on a TTY, else json) | json | console")
     log_level: str = "info"
 

@@ -57,6 +57,24 @@ def watermark_ms(tick_ms: int, dt_s: float) -> int:
     return tick_ms + round(dt_s * 1000) - WATERMARK_MARGIN_MS
 
 
+class Place(NamedTuple):
+    """Where a device sits in the plant: what its samples say about location and supply, so
+    alerts carry the rack, the CDU that cools it and the UPS feed that powers it."""
+
+    hall: str | None = None
+    row: str | None = None
+    rack: str | None = None
+    cdu: str | None = None
+    feed: str | None = None
+
+
+NOWHERE = Place()
+
+
+def ups_id(hall: str) -> str:
+    return f"ups-{hall}"
+
+
 class Emitted(NamedTuple):
     """One tick of a site's agents: a message per agent (plus any malformed ones), and how many
     device samples they carry."""
@@ -103,20 +121,18 @@ class SiteAgents:
         self.iso = IsoClock()
         self.malformed_sent = 0
 
-    def _envelope(self, device: str, kind: DeviceKind, hall: str | None, row: str | None,
-                  rack: str | None) -> tuple[bytes, int]:
+    def _envelope(self, device: str, kind: DeviceKind, place: Place) -> tuple[bytes, int]:
         """Per device, once: the constant head of its sample's JSON, its sampling phase."""
         envelope = self.envelopes.get(device)
         if envelope is None:
-            fields = {"device": device, "kind": kind.value, "hall": hall, "row": row, "rack": rack}
+            fields = {"device": device, "kind": kind.value, **place._asdict()}
             head = orjson.dumps({k: v for k, v in fields.items() if v is not None})[:-1] + b","
             envelope = (head, int(self.rng.uniform(0, PHASE_SPREAD_S) * 1000))
             self.envelopes[device] = envelope
         return envelope
 
     def _sample(self, device: str, kind: DeviceKind, t_ms: int, jitter_ms: int, metrics: dict[str, float],
-                faults: TickFaults, hall: str | None = None, row: str | None = None,
-                rack: str | None = None) -> bytes | None:
+                faults: TickFaults, place: Place = NOWHERE) -> bytes | None:
         """One device's sample as JSON bytes, or None while the device drops out."""
         if device in faults.dropout:
             return None
@@ -127,7 +143,7 @@ class SiteAgents:
         if self.reset_offset and device in self.reset_offset:
             metrics = {k: (round(v - self.reset_offset[device], 3) if k.endswith("energy_kwh") else v)
                        for k, v in metrics.items()}
-        head, phase = self._envelope(device, kind, hall, row, rack)
+        head, phase = self._envelope(device, kind, place)
         seq = self.seq.get(device, 0)
         self.seq[device] = seq + 1
         ts = t_ms + phase + jitter_ms
@@ -195,7 +211,8 @@ class SiteAgents:
                 "energy_kwh": self._register("facility-meter", rd.facility_w, dt_s)}),
             ("chiller-1", DeviceKind.CHILLER, {
                 "power_kw": round(rd.chiller_w / 1000, 2), "energy_kwh": self._register("chiller-1", rd.chiller_w, dt_s),
-                "load_kw": round(rd.chiller_load_w / 1000, 1), "running": float(rd.chiller_running)}),
+                "load_kw": round(rd.chiller_load_w / 1000, 1), "running": float(rd.chiller_running),
+                "demand_kw": round(rd.chiller_demand_w / 1000, 1)}),
             (rejection, rejection_kind, {
                 "fan_power_kw": round(self._noisy(rd.rejection_fan_w) / 1000, 2),
                 "energy_kwh": self._register(rejection, rd.rejection_fan_w, dt_s),
@@ -220,14 +237,14 @@ class SiteAgents:
               faults: TickFaults) -> list[bytes | None]:
         hall = lay.spec.name
         jitter = iter(self._jitter_ms(1 + 2 * len(lay.cdu_ids) + len(lay.crah_ids)))
-        ups = f"ups-{hall}"
+        ups = ups_id(hall)
         samples = [self._sample(ups, DeviceKind.UPS, t_ms, next(jitter), {
             "output_power_kw": round(self._noisy(hr.ups_out_w) / 1000, 2),
             "output_energy_kwh": self._register(ups + ":out", hr.ups_out_w, dt_s),
             "input_power_kw": round(self._noisy(hr.ups_in_w) / 1000, 2),
             "input_energy_kwh": self._register(ups + ":in", hr.ups_in_w, dt_s),
             "load_pct": round(100 * hr.ups_out_w / lay.ups_rated_w, 1),
-        }, faults, hall=hall)]
+        }, faults, Place(hall, feed=ups))]
         for i, cdu in enumerate(lay.cdu_ids):
             samples.append(self._sample(cdu, DeviceKind.CDU, t_ms, next(jitter), {
                 "supply_c": round(float(hr.cdu_supply_c[i]) + self.rng.normal(0, 0.05), 2),
@@ -240,9 +257,9 @@ class SiteAgents:
                 "capacity_kw": round(float(lay.cdu_design_kw[i]) * 1.25, 1),
                 "power_kw": round(float(hr.cdu_pump_w[i]) / 1000, 3),
                 "energy_kwh": self._register(cdu, float(hr.cdu_pump_w[i]), dt_s),
-            }, faults, hall=hall))
+            }, faults, Place(hall, cdu=cdu)))
             samples.append(self._sample(f"leak-{cdu}", DeviceKind.LEAK_SENSOR, t_ms, next(jitter),
-                                        {"leak": float(hr.cdu_leak[i])}, faults, hall=hall))
+                                        {"leak": float(hr.cdu_leak[i])}, faults, Place(hall, cdu=cdu)))
         per_unit = hr.crah_fan_w / len(lay.crah_ids)
         for crah in lay.crah_ids:
             samples.append(self._sample(crah, DeviceKind.CRAH, t_ms, next(jitter), {
@@ -250,7 +267,7 @@ class SiteAgents:
                 "energy_kwh": self._register(crah, per_unit, dt_s),
                 "supply_air_c": round(hr.crah_supply_c + self.rng.normal(0, 0.1), 1),
                 "return_air_c": round(hr.crah_return_c + self.rng.normal(0, 0.1), 1),
-            }, faults, hall=hall))
+            }, faults, Place(hall)))
         return samples
 
     def _racks(self, h: int, lay: HallLayout, hr: HallReadings, t_ms: int, dt_s: float,
@@ -280,15 +297,16 @@ class SiteAgents:
         hall, per_rack, rated_kw = lay.spec.name, lay.spec.servers_per_rack, lay.spec.rack_provisioned_kw
         sample = self._sample
         racks = []
+        feed = ups_id(hall)
         for r, rack in enumerate(lay.rack_ids):
-            row = lay.rack_row[r]
+            place = Place(hall, lay.rack_row[r], rack, lay.cdu_ids[lay.rack_cdu[r]] if lay.cdu_ids else None, feed)
             samples = [sample(f"pdu-{rack}", DeviceKind.PDU, t_ms, pdu_jitter[r],
                               {"power_kw": pdu_kw[r], "energy_kwh": pdu_kwh[r], "rated_kw": rated_kw},
-                              faults, hall, row, rack)]
+                              faults, place)]
             for s in range(r * per_rack, (r + 1) * per_rack):
                 values = [power[s], energy[s], cpu[s], host[s], inlet[s], outlet[s], fan[s], *acc[s]]
                 samples.append(sample(lay.server_ids[s], DeviceKind.SERVER, t_ms, server_jitter[s],
-                                      dict(zip(names, values, strict=True)), faults, hall, row, rack))
+                                      dict(zip(names, values, strict=True)), faults, place))
             racks.append((agent_for(hall, rack), samples))
         return racks
 

@@ -150,6 +150,7 @@ class SiteReadings:
     chiller_w: float
     chiller_load_w: float
     chiller_running: bool
+    chiller_demand_w: float  # the trim free cooling cannot carry: the chiller should run while > 0
     rejection_fan_w: float
     facility_pump_w: float
     facility_flow_l_min: float
@@ -291,7 +292,7 @@ def step_site(site: SiteSpec, layouts: list[HallLayout], state: SiteState, utils
     warm_load = sum(r.q_liquid_w for r in hall_readings) + cdu_pump_w
     air_load = sum(r.q_air_w for r in hall_readings) + crah_fan_w + ups_loss + misc_w
     # Free cooling carries what the outdoor air allows; chillers trim the rest.
-    chiller_load = chiller_w = 0.0
+    chiller_load = chiller_w = chiller_demand = 0.0
     shares = []
     new_loop_c = {}
     design_heat = design_it_w * plant.design_margin
@@ -300,6 +301,7 @@ def step_site(site: SiteSpec, layouts: list[HallLayout], state: SiteState, utils
         share = ph.economiser_share(achievable, required)
         shares.append((share, load))
         trimmed = (1.0 - share) * load
+        chiller_demand += trimmed  # what the plant asks of the chillers, tripped or not
         if chiller_tripped:
             target = max(required, achievable)
         else:
@@ -336,7 +338,7 @@ def step_site(site: SiteSpec, layouts: list[HallLayout], state: SiteState, utils
         it_pdu_out_w=float(sum(r.pdu_out_w.sum() for r in hall_readings)),
         it_server_in_w=float(sum(r.server_input_w.sum() for r in hall_readings)),
         ups_loss_w=ups_loss, pdu_loss_w=float(sum((r.pdu_in_w - r.pdu_out_w).sum() for r in hall_readings)),
-        chiller_w=chiller_w, chiller_load_w=chiller_load, chiller_running=chiller_w > 0,
+        chiller_w=chiller_w, chiller_load_w=chiller_load, chiller_running=chiller_w > 0, chiller_demand_w=chiller_demand,
         rejection_fan_w=rejection_fan_w, facility_pump_w=facility_pump_w, facility_flow_l_min=flow_l_min,
         cdu_pump_w=cdu_pump_w, crah_fan_w=crah_fan_w, misc_w=misc_w, heat_rejected_w=heat_rejected,
         rejection_leaving_c=leaving, economiser_share=economiser, make_up_l_s=make_up,

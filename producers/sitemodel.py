@@ -222,6 +222,11 @@ def load_preset(name: str) -> SiteSpec:
     return SiteSpec.model_validate(tomllib.loads(text))
 
 
+def preset_thresholds() -> dict[str, dict[str, float]]:
+    """Per preset site, the thresholds alert rules may take from the site model (`threshold_from`)."""
+    return {spec.name: {"pue_target": spec.pue_target} for spec in map(load_preset, preset_names())}
+
+
 def load_scenario(path: Path) -> Scenario:
     """A scenario file: [[sites]] tables (or `preset = "name"` entries), [[faults]], seed, start."""
     data = tomllib.loads(path.read_text())

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from dcpulse.deadletter import Rejection
+from dcpulse.streams.alertbook import AlertBook, Record
 
 # Line protocol's special characters (the escapes influxdb-client's Point uses): measurements
 # escape comma and space; tag keys, tag values and field keys also the equals sign; string field
@@ -194,24 +195,39 @@ def analytics_lines(value: bytes) -> Lines:
     return Lines([line.encode()], [None], [])
 
 
-def alert_lines(value: bytes) -> Lines:
-    """An alert transition (dcpulse.alert/1) -> one `alert` line: every label but `flapping` a
-    tag, plus `fingerprint`; fields `state`, `old`, `value`, `resolved`, `flapping` and the
-    summary; time = the transition's event time in ns (docs/influx-schema.md)."""
-    try:
-        event = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return _record_refused(Rejection("malformed_json", str(exc)[:1000]))
-    try:
-        labels = {k: v for k, v in event["labels"].items() if k != "flapping"}
-        labels["fingerprint"] = event["fingerprint"]
-        tags = "".join(f",{escape_key(key)}={escape_tag_value(tag)}" for key, tag in sorted(labels.items()) if tag)
-        fields = [f"state={string_field(event['new'])}", f"old={string_field(event['old'])}",
-                  f"value={float(event['value'])!r}", f"resolved={'true' if event['resolved'] else 'false'}",
-                  f"flapping={'true' if event['flapping'] else 'false'}"]
-        if summary := event.get("annotations", {}).get("summary"):
-            fields.append(f"summary={string_field(summary)}")
-        line = f"alert{tags} {','.join(fields)} {timestamp_ns(event['at'])}"
-    except _MISSHAPEN as exc:
-        return _record_refused(_misshapen(exc, "not an alert transition"))
-    return Lines([line.encode()], [None], [])
+class AlertLines:
+    """Alert transitions (dcpulse.alert/1) through the alert book (streams/alertbook.py) ->
+    `alert` lines: every label but `flapping` a tag, plus `fingerprint` and `cause`; fields
+    `state`, `old`, `value`, `resolved`, `flapping`, `inhibited_by` (the suppressing alerts'
+    fingerprints, comma-separated, empty when none) and the summary; time = the transition's
+    event time in ns (docs/influx-schema.md). `on_records` sees every record (the notifier)."""
+
+    def __init__(self, book: AlertBook, on_records: Callable[[list[Record]], None] = lambda _: None) -> None:
+        self.book = book
+        self.on_records = on_records
+
+    def __call__(self, value: bytes) -> Lines:
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return _record_refused(Rejection("malformed_json", str(exc)[:1000]))
+        try:
+            records = self.book.apply(event)
+            lines = [alert_line(record) for record in records]
+        except _MISSHAPEN as exc:
+            return _record_refused(_misshapen(exc, "not an alert transition"))
+        self.on_records(records)
+        return Lines(lines, [None] * len(lines), [])
+
+
+def alert_line(record: Record) -> bytes:
+    labels = {k: v for k, v in record["labels"].items() if k != "flapping"}
+    labels.update(fingerprint=record["fingerprint"], cause=record["cause"])
+    tags = "".join(f",{escape_key(key)}={escape_tag_value(tag)}" for key, tag in sorted(labels.items()) if tag)
+    fields = [f"state={string_field(record['new'])}", f"old={string_field(record['old'])}",
+              f"value={float(record['value'])!r}", f"resolved={'true' if record['resolved'] else 'false'}",
+              f"flapping={'true' if record['flapping'] else 'false'}",
+              f"inhibited_by={string_field(','.join(record['inhibited_by']))}"]
+    if summary := record.get("annotations", {}).get("summary"):
+        fields.append(f"summary={string_field(summary)}")
+    return f"alert{tags} {','.join(fields)} {timestamp_ns(record['at'])}".encode()

@@ -18,9 +18,16 @@ from dcpulse import kafka_clients
 from dcpulse.settings import Settings
 from dcpulse.sinks.deadletters import DeadLetters
 from dcpulse.sinks.influx import InfluxWriter
-from dcpulse.sinks.points import Convert, TelemetryLines, alert_lines, analytics_lines
+from dcpulse.log import get_logger
+from dcpulse.sinks.alertlog import rebuild
+from dcpulse.sinks.alertmanager import AlertmanagerClient
+from dcpulse.sinks.notifier import Notifier
+from dcpulse.sinks.points import AlertLines, Convert, TelemetryLines, analytics_lines
 from dcpulse.sinks.sink import Sink
+from dcpulse.streams.alertbook import AlertBook
+from dcpulse.streams.alertrules import inhibitions, load_rules
 
+log = get_logger(__name__)
 RETENTION_MARGIN = timedelta(minutes=5)  # do not race the retention boundary
 BATCH_LINES = 5000  # InfluxDB's recommended write batch
 # Fetch enough per poll to fill a batch: 5,000 lines of raw telemetry are about 3 MB of JSON.
@@ -53,7 +60,28 @@ def raw_lines(settings: Settings) -> TelemetryLines:
                           time.time_ns)
 
 
-def build_sinks(settings: Settings, writer_factory: Callable[[], InfluxWriter]) -> list[Sink]:
+def alerts_sink(settings: Settings, writer: InfluxWriter, notifier: Notifier | None) -> Sink:
+    """The alert log: transitions through the alert book (inhibition) into the alerts bucket and
+    to the notifier; the book rebuilt first from what the sink's group has committed."""
+    book = AlertBook(inhibitions(load_rules(settings.alerts.rules_file)))
+    sink = kafka_sink(settings, writer, name="alerts", topics=[settings.topics.alerts],
+                      bucket=settings.influx.buckets.alerts,
+                      convert=AlertLines(book, notifier.take if notifier is not None else lambda _: None))
+    replayed = rebuild(settings.kafka.bootstrap, f"{settings.topics.prefix}-alert-book", sink.consumer,
+                       settings.topics.alerts, book)
+    if notifier is not None and book.active:
+        notifier.take(list(book.active.values()))
+    log.info("alert book rebuilt", transitions=replayed, active=len(book.active))
+    return sink
+
+
+def build_notifier(settings: Settings) -> Notifier | None:
+    am = settings.alertmanager
+    return Notifier(AlertmanagerClient(am.url), am, settings.topics.prefix) if am.enabled else None
+
+
+def build_sinks(settings: Settings, writer_factory: Callable[[], InfluxWriter],
+                notifier: Notifier | None = None) -> list[Sink]:
     """The raw, analytics and alerts sinks, each with its own writer and consumer group."""
     t, b = settings.topics, settings.influx.buckets
     return [
@@ -61,21 +89,25 @@ def build_sinks(settings: Settings, writer_factory: Callable[[], InfluxWriter]) 
                    convert=raw_lines(settings)),
         kafka_sink(settings, writer_factory(), name="analytics", topics=[t.pue, t.utilisation],
                    bucket=b.analytics, convert=analytics_lines),
-        kafka_sink(settings, writer_factory(), name="alerts", topics=[t.alerts], bucket=b.alerts,
-                   convert=alert_lines),
+        alerts_sink(settings, writer_factory(), notifier),
     ]
 
 
-def run_sinks(sinks: list[Sink]) -> None:
-    """Run each sink in its own thread until SIGINT/SIGTERM, or until one of them dies (then the
-    others stop too, so the process exits and can be restarted)."""
+def run_sinks(sinks: list[Sink], notifier: Notifier | None = None) -> None:
+    """Run each sink (and the notifier) in its own thread until SIGINT/SIGTERM, or until one of
+    them dies (then the others stop too, so the process exits and can be restarted)."""
+    notifying = threading.Event()
+
     def stop(*_: object) -> None:
         for sink in sinks:
             sink.stopping.set()
+        notifying.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
     threads = [threading.Thread(target=sink.run, name=f"sink-{sink.name}") for sink in sinks]
+    if notifier is not None:
+        threads.append(threading.Thread(target=notifier.run, args=(notifying,), name="notifier"))
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcpulse.cliutil import console
-from dcpulse.streams.alertrules import Rule, RulesError, load_rules
-from dcpulse.streams.validation import iso_ms
+from dcpulse.streams.alertbook import AlertBook, Record
+from dcpulse.streams.alertrules import Rule, RulesError, inhibitions, load_rules
 
 RULES_OPTION = click.option("--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path),
                             help="rules file (TOML); default: the built-in pack")
@@ -49,29 +49,48 @@ def alerts_rules(rules_path: Path | None) -> None:
 @RULES_OPTION
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per transition")
 def alerts_replay(recording: Path, rules_path: Path | None, as_json: bool) -> None:
-    """Run the rules over a recording, through the stream worker's own partition stage (one
-    partition, its watermarks included), and print every alert transition in event time. The
-    same recording always gives the same transitions."""
-    from dcpulse.producers.recording import replay_plan
-    from dcpulse.settings import AnalyticsSettings, ValidationSettings
-    from dcpulse.streams.stage import Outputs, PartitionStage, new_state
+    """Run the rules over a recording, through the stream worker's own stages (one partition,
+    its watermarks included, and the site combiner for site rules), and print every alert
+    transition in event time, with what suppresses it (the alert book the sink keeps). The same
+    recording always gives the same transitions."""
+    from collections import Counter
 
-    analytics = AnalyticsSettings()
+    from dcpulse.producers.recording import replay_plan
+    from dcpulse.producers.sitemodel import preset_thresholds
+    from dcpulse.settings import AnalyticsSettings, ValidationSettings
+    from dcpulse.streams.combine import SiteStage, decode_site_state
+    from dcpulse.streams.stage import Outputs, PartitionStage, new_state
+    from dcpulse.streams.state import PartitionState
+
+    analytics, rules = AnalyticsSettings(), _rules(rules_path)
     stage = PartitionStage("replay", 0, 1, new_state(0, analytics.state_buckets), ValidationSettings(), analytics,
-                           _rules(rules_path))
-    count = 0
+                           rules)
+    sites = SiteStage(0, PartitionState(0, analytics.state_buckets, decode_site_state), analytics, rules,
+                      preset_thresholds())
+    book = AlertBook(inhibitions(rules))
+    count, partials = 0, 0
     for offset, (_, timestamp_ms, key, value) in enumerate(replay_plan(recording, 1)):
         out = Outputs()
         stage.handle(out, offset, timestamp_ms, key, value)
+        for partial in out.partials:
+            sites.handle([], Counter(), partials, orjson.dumps(partial.to_json()), out.alerts)
+            partials += 1
         for event in out.alerts:
-            count += 1
-            t = event.transition
-            if as_json:
-                click.echo(orjson.dumps(event.to_json()).decode())
-            else:
-                where = "/".join(event.labels[k] for k in ("site", "hall", "rack", "device") if k in event.labels)
-                flag = " (flapping)" if t.flapping else ""
-                click.echo(f"{iso_ms(t.at_ms)}  {event.rule:<32} {t.old:>11} -> {t.new:<11}{flag} {where} "
-                           f"value {event.value:.4g}")
+            for record in book.apply(event.to_json()):
+                count += 1
+                if as_json:
+                    click.echo(orjson.dumps(record).decode())
+                else:
+                    click.echo(_describe(record, book))
     if not as_json:
         click.echo(f"{count} transitions", err=True)
+
+
+def _describe(record: Record, book: AlertBook) -> str:
+    labels = record["labels"]
+    where = "/".join(labels[k] for k in ("site", "hall", "rack", "device") if k in labels)
+    flag = " (flapping)" if record["flapping"] else ""
+    by = [book.active[fp]["labels"]["alertname"] for fp in record["inhibited_by"] if fp in book.active]
+    inhibited = f" inhibited by {', '.join(by)}" if by else ""
+    return (f"{record['at']}  {labels['alertname']:<32} {record['old']:>11} -> {record['new']:<11}{flag} {where} "
+            f"value {record['value']:.4g}{inhibited}")

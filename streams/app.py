@@ -34,6 +34,8 @@ from dcpulse.kafka_clients import consumer
 from dcpulse.log import get_logger
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
+from dcpulse.producers.sitemodel import preset_thresholds
+from dcpulse.streams.alerting import AlertEvent
 from dcpulse.streams.alertrules import load_rules
 from dcpulse.streams.checkpoint import CheckpointedAgent, Send, run_batches
 from dcpulse.streams.combine import SiteStage, decode_site_state
@@ -156,10 +158,12 @@ def _site_sends(settings: Settings):
 
     def run(stage: SiteStage, events: Sequence[EventT], counts: Counter[str]) -> list[Send]:
         points: list[AnalyticsPoint] = []
+        alerts: list[AlertEvent] = []
         for event in events:
-            stage.handle(points, counts, event.message.offset, event.message.value)
-        return [(t.utilisation if p.measurement == "utilisation" else t.pue, p.tags["site"].encode(), p.to_bytes())
-                for p in points]
+            stage.handle(points, counts, event.message.offset, event.message.value, alerts)
+        sends: list[Send] = [(t.utilisation if p.measurement == "utilisation" else t.pue, p.tags["site"].encode(),
+                              p.to_bytes()) for p in points]
+        return sends + [(t.alerts, a.fingerprint.encode(), orjson.dumps(a.to_json())) for a in alerts]
 
     return run
 
@@ -202,7 +206,7 @@ def create_app(settings: Settings) -> faust.App:
         _raw_sends(settings), send, changelog(raw_table), raw_table.data,
         lambda p: read_partition(settings.kafka.bootstrap, raw_table.changelog_topic_name, p))
     combine_agent = CheckpointedAgent(
-        "combine", cfg.state_buckets, decode_site_state, lambda p, state: SiteStage(p, state, cfg),
+        "combine", cfg.state_buckets, decode_site_state, lambda p, state: SiteStage(p, state, cfg, rules, preset_thresholds()),
         _site_sends(settings), send, changelog(site_table), site_table.data,
         lambda p: read_partition(settings.kafka.bootstrap, site_table.changelog_topic_name, p))
     agents = {t.telemetry: analyse_agent, t.partials: combine_agent}

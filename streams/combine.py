@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,11 +32,16 @@ from dcpulse.streams.measures import (
     usage_fields,
     window_label,
 )
+from dcpulse.streams.alerting import AlertEvent, RuleEngine, Where, decode_alert_entry
+from dcpulse.streams.alertrules import Rule
 from dcpulse.streams.state import OFFSET_KEY, PartitionState
 from dcpulse.streams.windows import SitePartial
 
 log = get_logger(__name__)
 
+# The roll-up the `@pue_15m` alert input reads (emitted when `rollups_s` includes 900).
+PUE_ALERT_WINDOW_MS = 900_000
+PUE_ALERT_LABEL = window_label(PUE_ALERT_WINDOW_MS)
 # PUE category -> the hall energy group metering IT there (UPS output, PDU outputs, server inputs).
 IT_GROUPS = {"1": "ups_out", "2": "pdu", "3": "server"}
 
@@ -204,7 +210,9 @@ def pending_key(site: str, start_ms: int) -> str:
 
 
 def decode_site_state(key: str, data: Any) -> Any:
-    return SiteState.from_json(data) if key.startswith("site/") else data  # pending: the partials' JSON
+    if key.startswith("site/"):
+        return SiteState.from_json(data)
+    return decode_alert_entry(key, data) if key.startswith("alert") else data  # pending: the partials' JSON
 
 
 class SiteStage:
@@ -212,11 +220,15 @@ class SiteStage:
     the same offset guard and state as the raw stage, so it checkpoints the same way. Each
     site's `SiteState` is assembled from its stored pieces on first use and kept here."""
 
-    def __init__(self, partition: int, state: PartitionState, analytics: AnalyticsSettings) -> None:
+    def __init__(self, partition: int, state: PartitionState, analytics: AnalyticsSettings,
+                 alert_rules: Sequence[Rule] = (), site_thresholds: dict[str, dict[str, float]] | None = None) -> None:
         self.partition = partition
         self.state = state
         self.cfg = analytics
         self.sites: dict[str, SiteState] = {}
+        site_rules = [rule for rule in alert_rules if rule.kind == "site"]
+        # Rules on a site's results (its PUE) live here, where the site's windows are combined.
+        self.alerts = RuleEngine(site_rules, state, site_thresholds) if site_rules else None
 
     def _site(self, name: str) -> SiteState:
         site = self.sites.get(name)
@@ -236,7 +248,9 @@ class SiteStage:
         for start, parts in site.pending.items():
             self.state[pending_key(name, start)] = [p.to_json() for p in parts.values()]
 
-    def handle(self, out: list[AnalyticsPoint], counts: Counter[str], offset: int, value: bytes | None) -> None:
+    def handle(self, out: list[AnalyticsPoint], counts: Counter[str], offset: int, value: bytes | None,
+               alerts: list[AlertEvent] | None = None) -> None:
+        """One partial; the site results it completed go to `out`, alert transitions to `alerts`."""
         done = self.state.get(OFFSET_KEY)
         if done is not None and offset <= done:
             counts["redelivered"] += 1
@@ -265,5 +279,18 @@ class SiteStage:
             counts["partials"] += 1
             counts["site_results"] += len(points)
             out.extend(points)
+            if self.alerts is not None and alerts is not None:
+                alerts.extend(self._judge(partial.site, points))
             self._store(partial.site, site, starts_before)
         self.state[OFFSET_KEY] = offset
+
+    def _judge(self, site: str, points: list[AnalyticsPoint]) -> list[AlertEvent]:
+        """Site rules on the 15-minute category-1 PUE roll-up, at the end of its window."""
+        assert self.alerts is not None
+        events: list[AlertEvent] = []
+        for p in points:
+            if (p.measurement == "pue" and p.tags.get("category") == "1" and p.tags.get("window") == PUE_ALERT_LABEL
+                    and isinstance(pue := p.fields.get("pue"), float)):
+                end_ms = round(p.time.timestamp() * 1000) + PUE_ALERT_WINDOW_MS
+                events += self.alerts.observe_values(site, Where(site, "site"), {"@pue_15m": pue}, end_ms)
+        return events

@@ -22,12 +22,12 @@ import orjson
 from dcpulse.contract import TELEMETRY_SCHEMA, AnalyticsPoint, DeadLetter, Sample, Watermark
 from dcpulse.deadletter import Rejection, dead_letter
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
-from dcpulse.streams.alerting import AlertEvent, RuleEngine, decode_alert_entry
-from dcpulse.streams.alertrules import Rule
+from dcpulse.streams.alerting import AlertEvent, RuleEngine, Where, decode_alert_entry
+from dcpulse.streams.alertrules import DERIVED, Rule
 from dcpulse.streams.eventtime import SiteClock, accept_watermark, due_windows, sample_time_verdict
 from dcpulse.streams.state import OFFSET_KEY, PartitionState
-from dcpulse.streams.validation import DUPLICATE, STAGE_ERROR, ParsedBatch, epoch_ms, iso_ms, parse_record
-from dcpulse.streams.windows import DeviceState, SitePartial, close_window, fold, new_device, prune
+from dcpulse.streams.validation import CLOCK_SKEW, DUPLICATE, STAGE_ERROR, ParsedBatch, epoch_ms, iso_ms, parse_record
+from dcpulse.streams.windows import DeviceState, SitePartial, cdu_heat_kw, close_window, fold, new_device, prune
 
 
 @dataclass
@@ -52,6 +52,11 @@ def held_key(site: str) -> str:
 
 def devices_key(site: str) -> str:
     return f"devices/{site}"
+
+
+def dead_key(site: str) -> str:
+    """Dead letters per publishing agent since the site's last watermark."""
+    return f"dead/{site}"
 
 
 def device_key(site: str, device: str) -> str:
@@ -88,7 +93,9 @@ class PartitionStage:
         self.pause_ms = round(validation.max_producer_pause_s * 1000)
         self.forget_ms = round(analytics.meter_forget_s * 1000)
         # Alert state lives in the partition's state, so it is checkpointed with the windows.
-        self.alerts = RuleEngine(list(alert_rules), state) if alert_rules else None
+        device_rules = [rule for rule in alert_rules if rule.kind != "site"]  # site rules: the combiner's
+        self.alerts = RuleEngine(device_rules, state) if device_rules else None
+        self._derived: dict[str, tuple[str, ...]] = {}  # device kind -> the derived inputs its rules judge
 
     def handle(self, out: Outputs, offset: int, producer_ms: int | None, key: bytes | None,
                value: bytes | None) -> None:
@@ -112,6 +119,11 @@ class PartitionStage:
     def _reject(self, out: Outputs, rejection: Rejection, offset: int, key: bytes | None, value: bytes | None,
                 sample_index: int | None = None) -> None:
         out.counts[rejection.reason] += 1
+        # Per publishing agent, its dead-letter rate (a device clock has its own alert).
+        if self.alerts is not None and rejection.reason != CLOCK_SKEW and key and b"/" in key:
+            site, _, agent = key.decode(errors="replace").partition("/")
+            counts = self.state.get(dead_key(site)) or {}
+            self.state[dead_key(site)] = {**counts, agent: counts.get(agent, 0) + 1}
         out.dead.append((key, dead_letter(rejection, stage="validate", topic=self.topic, partition=self.partition,
                                           offset=offset, key=key, value=value, sample_index=sample_index)))
 
@@ -125,11 +137,15 @@ class PartitionStage:
                 rejected[i] = sample
                 continue
             verdict = self._sample(site, clock, sample, producer_ms)
-            if verdict is not None:
+            if isinstance(verdict, Rejection):
                 rejected[i] = verdict
+                if verdict.reason == CLOCK_SKEW and self.alerts is not None and clock is not None:
+                    if derived := self._derived_inputs(sample, None, clock):  # its clock is what is wrong
+                        out.alerts.extend(self.alerts.observe_values(site, sample, derived, clock.watermark_ms))
                 continue
             if self.alerts is not None:
-                out.alerts.extend(self.alerts.observe(site, sample))
+                out.alerts.extend(self.alerts.observe(site, sample, self._derived_inputs(sample, verdict, clock),
+                                                      clock.watermark_ms if clock is not None else None))
             if clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
                 out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
         out.counts["samples_valid"] += len(batch.samples) - len(rejected)
@@ -147,8 +163,28 @@ class PartitionStage:
             out.valid.append((key, orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": site, "agent": batch.agent,
                                                  "samples": good})))
 
-    def _sample(self, site: str, clock: SiteClock | None, sample: Sample, producer_ms: int | None) -> Rejection | None:
-        """The stateful rules for one sample; an accepted one is folded into its device."""
+    def _derived_inputs(self, sample: Sample, device: DeviceState | None, clock: SiteClock | None) -> dict[str, float]:
+        """The derived inputs (streams/alertrules.py DERIVED) the rules of the sample's kind judge."""
+        assert self.alerts is not None
+        kind = sample.kind.value
+        wanted = self._derived.get(kind)
+        if wanted is None:
+            wanted = self._derived[kind] = tuple(name for name in DERIVED if self.alerts.wants(kind, name))
+        derived: dict[str, float] = {}
+        for name in wanted:
+            if name == "@clock_ahead_s":
+                if clock is not None:
+                    derived[name] = (epoch_ms(sample.ts) - clock.watermark_ms) / 1000
+            elif name == "@unchanged_s":
+                if device is not None:
+                    derived[name] = (device.ts_ms - device.same_since_ms) / 1000
+            elif name == "@heat_kw" and (heat := cdu_heat_kw(sample.metrics)) is not None:
+                derived[name] = heat
+        return derived
+
+    def _sample(self, site: str, clock: SiteClock | None, sample: Sample,
+                producer_ms: int | None) -> Rejection | DeviceState:
+        """The stateful rules for one sample; an accepted one is folded into its device (returned)."""
         ts = epoch_ms(sample.ts)
         verdict = sample_time_verdict(clock, ts, producer_ms, self.skew_ms, self.pause_ms)
         if verdict is not None:
@@ -162,12 +198,13 @@ class PartitionStage:
             return Rejection(DUPLICATE, f"seq {sample.seq} ts {iso_ms(ts)} is not newer than the last accepted "
                                         f"seq {device.seq} ts {iso_ms(device.ts_ms)}")
         device.seq, device.ts_ms = sample.seq, ts
+        device.note_values(ts, sample.metrics)
         if clock is None or ts >= clock.next_start_ms:
             fold(device, ts, sample.metrics, self.window_ms)
         self.state[key] = device
         if not known:  # listed only once stored, so a failure above cannot leave a dangling name
             self.state[devices_key(site)] = sorted([*(self.state.get(devices_key(site)) or []), sample.device])
-        return None
+        return device
 
     def _watermark(self, out: Outputs, watermark: Watermark, offset: int, producer_ms: int | None,
                    key: bytes | None, value: bytes | None) -> None:
@@ -193,11 +230,37 @@ class PartitionStage:
             self._close(out, site, start)
         if moved != clock:
             self.state[ckey] = moved
-        if self.alerts is not None and self.alerts.watches_silence:
+        if self.alerts is not None:
+            self._site_alerts(out, site, clock, moved)
+
+    def _site_alerts(self, out: Outputs, site: str, before: SiteClock | None, now: SiteClock) -> None:
+        """On a watermark: the NoData rules of every device and rack, and each agent's dead-letter rate."""
+        assert self.alerts is not None
+        now_ms, racks = now.watermark_ms, {}
+        if self.alerts.watches_silence:
             for name in self.state.get(devices_key(site)) or []:
                 device: DeviceState = self.state[device_key(site, name)]
-                out.alerts.extend(self.alerts.silence(site, name, device.kind, device.hall, device.rack, device.ts_ms,
-                                                      moved.watermark_ms))
+                row, cdu, feed = device.supply
+                out.alerts.extend(self.alerts.silence(
+                    site, Where(name, device.kind, device.hall, row, device.rack, cdu, feed), device.ts_ms, now_ms))
+                if device.rack is not None and device.ts_ms > racks.get(device.rack, (-1,))[0]:
+                    racks[device.rack] = (device.ts_ms, Where(device.rack, "rack", device.hall, row, device.rack, cdu,
+                                                              feed))
+            for last_ms, rack in racks.values():  # a rack is silent when its newest sample is old
+                out.alerts.extend(self.alerts.silence(site, rack, last_ms, now_ms))
+        counts: dict[str, int] | None = self.state.get(dead_key(site))
+        if counts is None or before is None or now_ms <= before.watermark_ms:
+            return
+        per_min = 60_000 / (now_ms - before.watermark_ms)
+        for agent, n in sorted(counts.items()):
+            out.alerts.extend(self.alerts.observe_values(site, Where(agent, "agent"), {"@dead_letters_per_min": n * per_min},
+                                                         now_ms))
+        # Agents with an alert still open are judged again (at zero) until it resolves.
+        still = {agent: 0 for agent in counts if self.alerts.holds(site, agent)}
+        if still:
+            self.state[dead_key(site)] = still
+        else:
+            del self.state[dead_key(site)]
 
     def _close(self, out: Outputs, site: str, start: int) -> None:
         state, end = self.state, start + self.window_ms

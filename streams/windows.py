@@ -99,22 +99,33 @@ class DeviceState:
     registers: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     power: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # register -> (t, kW)
     windows: dict[int, Gauges] = field(default_factory=dict)  # window start -> gauges
+    supply: tuple[str | None, str | None, str | None] = (None, None, None)  # row, cdu, feed: for its alerts
+    # Stuck-sensor evidence: a digest of the last metrics and since when they have not changed.
+    digest: int = 0
+    same_since_ms: int = -1
 
     def to_json(self) -> list:
         return [self.kind, self.hall, self.rack, self.seq, self.ts_ms, self.registers, self.power,
-                [[start, g.to_json()] for start, g in self.windows.items()]]
+                [[start, g.to_json()] for start, g in self.windows.items()], list(self.supply), self.digest,
+                self.same_since_ms]
 
     @classmethod
     def from_json(cls, data: list) -> DeviceState:
-        kind, hall, rack, seq, ts_ms, registers, power, windows = data
+        kind, hall, rack, seq, ts_ms, registers, power, windows, (row, cdu, feed), digest, same_since_ms = data
         return cls(kind, hall, rack, seq, ts_ms,
                    {k: [(int(t), v) for t, v in s] for k, s in registers.items()},
                    {k: [(int(t), v) for t, v in s] for k, s in power.items()},
-                   {int(start): Gauges.from_json(g) for start, g in windows})
+                   {int(start): Gauges.from_json(g) for start, g in windows}, (row, cdu, feed), digest, same_since_ms)
+
+    def note_values(self, ts_ms: int, metrics: dict[str, float]) -> None:
+        """Track how long the metrics have kept exactly the same values (a stuck sensor)."""
+        digest = hash(tuple(metrics.values()))  # floats hash the same in every process (str would not)
+        if digest != self.digest or self.same_since_ms < 0:
+            self.digest, self.same_since_ms = digest, ts_ms
 
 
 def new_device(sample: Sample) -> DeviceState:
-    return DeviceState(sample.kind.value, sample.hall, sample.rack, -1, -1)
+    return DeviceState(sample.kind.value, sample.hall, sample.rack, -1, -1, supply=(sample.row, sample.cdu, sample.feed))
 
 
 def _values(names: list[str]) -> Callable[[dict[str, float]], tuple[float, ...]]:
@@ -159,10 +170,18 @@ def fold(state: DeviceState, ts_ms: int, metrics: dict[str, float], window_ms: i
             gauges.add("kw", metrics["power_kw"])
         if "rated_kw" in metrics:
             gauges.ratings["rated_kw"] = metrics["rated_kw"]
-    elif kind == "cdu" and {"flow_l_min", "supply_c", "return_c"} <= metrics.keys():
-        gauges.add("heat_kw", metrics["flow_l_min"] / 60.0 * WATER_CP * (metrics["return_c"] - metrics["supply_c"]) / 1000.0)
+    elif kind == "cdu" and (heat := cdu_heat_kw(metrics)) is not None:
+        gauges.add("heat_kw", heat)
         if "capacity_kw" in metrics:
             gauges.ratings["capacity_kw"] = metrics["capacity_kw"]
+
+
+def cdu_heat_kw(metrics: dict[str, float]) -> float | None:
+    """Heat a CDU's loop carries (kW): flow x cp x (return - supply); None without its inputs."""
+    try:
+        return metrics["flow_l_min"] / 60.0 * WATER_CP * (metrics["return_c"] - metrics["supply_c"]) / 1000.0
+    except KeyError:
+        return None
 
 
 @dataclass(slots=True)

@@ -34,5 +34,7 @@ def services(settings: Settings, pytestconfig: pytest.Config) -> Iterator[LocalS
     if started:
         local.down(say, only=started)
         servers = {"kafka": local.kafka.process, "influxdb": local.influx.process}
+        if local.alertmanager is not None:
+            servers["alertmanager"] = local.alertmanager.process
         left = [name for name in started if servers[name].is_running()]
         assert not left, f"`services down` left {left} running"

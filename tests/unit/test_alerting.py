@@ -64,7 +64,7 @@ def test_a_missing_rules_file_is_a_clear_error(tmp_path) -> None:
 
 def test_a_leak_fires_at_once_with_topology_labels_and_is_latched_until_dry_for_a_while() -> None:
     engine = RuleEngine(load_rules())
-    where = {"hall": "h1"}
+    where = {"hall": "h1", "cdu": "cdu-1"}
     events = []
     for i, leak in enumerate([0, 1, 0, 1, 0] + [0] * 40):
         events += engine.observe("small", sample("leak_sensor", "leak-1", i, {"leak": float(leak)}, **where))
@@ -72,8 +72,8 @@ def test_a_leak_fires_at_once_with_topology_labels_and_is_latched_until_dry_for_
     t = lambda i: int((T0 + timedelta(seconds=10 * i)).timestamp() * 1000)  # noqa: E731
     assert moves[0] == (t(1), "firing")
     assert events[0].labels == {"alertname": "coolant_leak", "severity": "critical", "site": "small",
-                                "device": "leak-1", "kind": "leak_sensor", "hall": "h1"}
-    assert "Leak detected by leak-1 in hall h1" == events[0].annotations["summary"]
+                                "device": "leak-1", "kind": "leak_sensor", "hall": "h1", "cdu": "cdu-1"}
+    assert "Leak detected by leak-1 on the loop of cdu-1 in hall h1" == events[0].annotations["summary"]
     resolved = [e for e in events if e.transition.resolved]
     assert len(resolved) == 1 and resolved[0].transition.at_ms == t(4) + 300_000  # dry for keep_firing_for
 

@@ -3,7 +3,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from dcpulse.contract import AnalyticsPoint, DeviceKind, Sample, TelemetryBatch
-from dcpulse.sinks.points import TelemetryLines, alert_lines, analytics_lines, escape_tag_value, fields
+from dcpulse.sinks.points import AlertLines, TelemetryLines, analytics_lines, escape_tag_value, fields
+from dcpulse.streams.alertbook import AlertBook
 
 NOW = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 TS = datetime(2026, 1, 1, 0, 0, 1, 500000, tzinfo=UTC)
@@ -99,10 +100,13 @@ def test_an_alert_transition_becomes_one_alert_line_with_its_labels_as_tags() ->
              "resolved": False, "flapping": True, "value": 86.5, "fingerprint": "abc123",
              "labels": {"alertname": "hot", "severity": "warning", "site": "s 1", "device": "d,1", "flapping": "true"},
              "annotations": {"summary": 'Accelerator "0" hot'}}
+    seen = []
+    alert_lines = AlertLines(AlertBook([]), seen.extend)
     (line,), sources, refused = alert_lines(orjson.dumps(event))
-    assert line == (b'alert,alertname=hot,device=d\\,1,fingerprint=abc123,severity=warning,site=s\\ 1 '
-                    b'state="firing",old="pending",value=86.5,resolved=false,flapping=true,'
+    assert line == (b'alert,alertname=hot,cause=d\\,1,device=d\\,1,fingerprint=abc123,severity=warning,site=s\\ 1 '
+                    b'state="firing",old="pending",value=86.5,resolved=false,flapping=true,inhibited_by="",'
                     b'summary="Accelerator \\"0\\" hot" 1782864010500000000')
-    assert sources == [None] and refused == []
+    assert sources == [None] and refused == [] and [r["fingerprint"] for r in seen] == ["abc123"]
     assert alert_lines(b"{not json").refused[0].rejection.reason == "malformed_json"
     assert alert_lines(orjson.dumps({"labels": {}})).refused[0].rejection.reason == "invalid_fields"
+    assert len(seen) == 1
