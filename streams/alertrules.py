@@ -103,7 +103,7 @@ class Rule(BaseModel):
                 raise ValueError(f"metric {self.metric!r} is not a derived input; known: {sorted(DERIVED)}")
             where = DERIVED[self.metric][0]
             if where != self.kind and not (where == "device" and self.kind not in ("rack", "agent", "site")):
-                raise ValueError(f"metric {self.metric!r} exists for {where} rules, not kind {self.kind!r}")
+                raise ValueError(f"metric {self.metric!r} exists for {where} rules, not kind '{self.kind}'")
         elif self.kind in ("agent", "site"):
             raise ValueError(f"a {self.kind} rule judges a derived input: one of "
                              f"{sorted(k for k, (w, _) in DERIVED.items() if w == self.kind)}")

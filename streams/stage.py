@@ -54,6 +54,16 @@ def devices_key(site: str) -> str:
     return f"devices/{site}"
 
 
+def _rack_where(rack: str, seen: list[tuple[int, str | None, str | None, str | None, str | None]]) -> Where:
+    """A rack's alert entity, labelled from its devices the same way whichever reported last
+    (its fingerprint must not change between firing and resolving): each label is the least
+    of the values its devices carry."""
+    def least(i: int) -> str | None:
+        return min((s[i] for s in seen if s[i] is not None), default=None)
+
+    return Where(rack, "rack", least(1), least(2), rack, least(3), least(4))
+
+
 def dead_key(site: str) -> str:
     """Dead letters per publishing agent since the site's last watermark."""
     return f"dead/{site}"
@@ -243,13 +253,17 @@ class PartitionStage:
                 row, cdu, feed = device.supply
                 out.alerts.extend(self.alerts.silence(
                     site, Where(name, device.kind, device.hall, row, device.rack, cdu, feed), device.ts_ms, now_ms))
-                if device.rack is not None and device.ts_ms > racks.get(device.rack, (-1,))[0]:
-                    racks[device.rack] = (device.ts_ms, Where(device.rack, "rack", device.hall, row, device.rack, cdu,
-                                                              feed))
-            for last_ms, rack in racks.values():  # a rack is silent when its newest sample is old
-                out.alerts.extend(self.alerts.silence(site, rack, last_ms, now_ms))
+                if device.rack is not None:
+                    racks.setdefault(device.rack, []).append((device.ts_ms, device.hall, row, cdu, feed))
+            for rack, seen in racks.items():  # a rack is silent when its newest sample is old
+                out.alerts.extend(self.alerts.silence(site, _rack_where(rack, seen), max(s[0] for s in seen), now_ms))
         counts: dict[str, int] | None = self.state.get(dead_key(site))
-        if counts is None or before is None or now_ms <= before.watermark_ms:
+        if counts is None:
+            return
+        if before is None:  # no interval to divide by: the rate starts at the next watermark
+            del self.state[dead_key(site)]
+            return
+        if now_ms <= before.watermark_ms:
             return
         per_min = 60_000 / (now_ms - before.watermark_ms)
         for agent, n in sorted(counts.items()):
