@@ -43,6 +43,19 @@ def measurement_query(bucket: str, measurement: str, site: str, start: datetime)
     )
 
 
+def alert_log_query(bucket: str, start: datetime, site: str | None = None, rack: str | None = None,
+                    rule: str | None = None) -> str:
+    """The alert log's records since `start`, optionally of one site, rack or rule."""
+    where = ['r._measurement == "alert"'] + [f"r.{tag} == {flux_string(value)}" for tag, value in
+                                             (("site", site), ("rack", rack), ("alertname", rule)) if value]
+    return (
+        f"from(bucket: {flux_string(bucket)})\n"
+        f"  |> range(start: {flux_time(start)}, stop: 2262-01-01T00:00:00Z)\n"  # replays may run ahead of now
+        f"  |> filter(fn: (r) => {' and '.join(where)})\n"
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+    )
+
+
 def read_rows(url: str, token: str, org: str, query: str) -> list[dict[str, Any]]:
     """Run a Flux query; one dict per row (tags and pivoted fields), sorted by time (rows of an
     aggregate without `_time` keep their order)."""

@@ -26,7 +26,8 @@ def _rules(path: Path | None) -> list[Rule]:
 
 @click.group()
 def alerts() -> None:
-    """Alert rules: check them, and see what they raise on a recording."""
+    """Alert rules and the alert log: check rules, run them over a recording, list what fires
+    now and what happened."""
 
 
 @alerts.command("rules")
@@ -53,35 +54,16 @@ def alerts_replay(recording: Path, rules_path: Path | None, as_json: bool) -> No
     its watermarks included, and the site combiner for site rules), and print every alert
     transition in event time, with what suppresses it (the alert book the sink keeps). The same
     recording always gives the same transitions."""
-    from collections import Counter
-
     from dcpulse.producers.recording import replay_plan
-    from dcpulse.producers.sitemodel import preset_thresholds
-    from dcpulse.settings import AnalyticsSettings, ValidationSettings
-    from dcpulse.streams.combine import SiteStage, decode_site_state
-    from dcpulse.streams.stage import Outputs, PartitionStage, new_state
-    from dcpulse.streams.state import PartitionState
+    from dcpulse.streams.offline import reference_alerts
 
-    analytics, rules = AnalyticsSettings(), _rules(rules_path)
-    stage = PartitionStage("replay", 0, 1, new_state(0, analytics.state_buckets), ValidationSettings(), analytics,
-                           rules)
-    sites = SiteStage(0, PartitionState(0, analytics.state_buckets, decode_site_state), analytics, rules,
-                      preset_thresholds())
+    rules = _rules(rules_path)
     book = AlertBook(inhibitions(rules))
-    count, partials = 0, 0
-    for offset, (_, timestamp_ms, key, value) in enumerate(replay_plan(recording, 1)):
-        out = Outputs()
-        stage.handle(out, offset, timestamp_ms, key, value)
-        for partial in out.partials:
-            sites.handle([], Counter(), partials, orjson.dumps(partial.to_json()), out.alerts)
-            partials += 1
-        for event in out.alerts:
-            for record in book.apply(event.to_json()):
-                count += 1
-                if as_json:
-                    click.echo(orjson.dumps(record).decode())
-                else:
-                    click.echo(_describe(record, book))
+    count = 0
+    for event in reference_alerts(replay_plan(recording, 1), 1, rules):
+        for record in book.apply(event.to_json()):
+            count += 1
+            click.echo(orjson.dumps(record).decode() if as_json else _describe(record, book))
     if not as_json:
         click.echo(f"{count} transitions", err=True)
 
@@ -94,3 +76,88 @@ def _describe(record: Record, book: AlertBook) -> str:
     inhibited = f" inhibited by {', '.join(by)}" if by else ""
     return (f"{record['at']}  {labels['alertname']:<32} {record['old']:>11} -> {record['new']:<11}{flag} {where} "
             f"value {record['value']:.4g}{inhibited}")
+
+
+SINCE_OPTION = click.option("--since", default="7d", show_default=True, help="how far back (event time): 30m, 24h, 7d")
+
+
+def _alert_log(since: str, site: str | None, rack: str | None, rule: str | None) -> list[dict]:
+    """The alert log's records from InfluxDB (read-only token), oldest first; clear errors."""
+    from datetime import UTC, datetime, timedelta
+
+    from dcpulse.cliutil import load_settings
+    from dcpulse.producers.run import parse_duration
+    from dcpulse.services.onboarding import influx_token
+    from dcpulse.sinks.query import alert_log_query, read_rows
+
+    try:
+        start = datetime.now(UTC) - timedelta(seconds=parse_duration(since))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    settings = load_settings()
+    query = alert_log_query(settings.influx.buckets.alerts, start, site, rack, rule)
+    try:
+        return read_rows(settings.influx.url, influx_token(settings, "read"), settings.influx.org, query)
+    except Exception as exc:  # noqa: BLE001 - connection refused, auth, bad bucket: say which
+        raise click.ClickException(f"cannot read the alert log from InfluxDB at {settings.influx.url}: "
+                                   f"{type(exc).__name__}: {exc}") from None
+
+
+def _where(row: dict) -> str:
+    return "/".join(str(row[k]) for k in ("site", "hall", "rack", "device") if row.get(k))
+
+
+@alerts.command("active")
+@click.option("--site", help="only this site")
+@click.option("--rack", help="only this rack")
+@SINCE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per alert")
+def alerts_active(site: str | None, rack: str | None, since: str, as_json: bool) -> None:
+    """Alerts firing now (by the alert log's last record of each), worst first, with what
+    suppresses them."""
+    latest: dict[str, dict] = {}
+    for row in _alert_log(since, site, rack, None):
+        latest[row["fingerprint"]] = row
+    active = [r for r in latest.values() if r["state"] in ("firing", "keep_firing")]
+    names = {fp: r["alertname"] for fp, r in latest.items()}
+    order = {"critical": 0, "warning": 1, "info": 2}
+    active.sort(key=lambda r: (order.get(r.get("severity", ""), 3), r["_time"]))
+    if as_json:
+        for r in active:
+            click.echo(orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")} | {"at": r["_time"].isoformat()},
+                                    default=str).decode())
+        return
+    if not active:
+        console.print(f"no alert firing (alert log of the last {since})")
+        return
+    table = Table()
+    for column in ("severity", "alert", "where", "since", "value", "suppressed by", "summary"):
+        table.add_column(column, no_wrap=column != "summary", overflow="fold")
+    for r in active:
+        by = ", ".join(names.get(fp, fp) for fp in (r.get("inhibited_by") or "").split(",") if fp)
+        table.add_row(escape(r.get("severity", "")), escape(r["alertname"]), escape(_where(r)),
+                      r["_time"].strftime("%Y-%m-%d %H:%M:%S"), f"{r['value']:.4g}", escape(by),
+                      escape(r.get("summary") or ""))
+    console.print(table)
+
+
+@alerts.command("history")
+@click.option("--site", help="only this site")
+@click.option("--rack", help="only this rack")
+@click.option("--rule", help="only this rule (alertname)")
+@SINCE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per record")
+def alerts_history(site: str | None, rack: str | None, rule: str | None, since: str, as_json: bool) -> None:
+    """Every recorded transition of a site, a rack or a rule, oldest first."""
+    rows = _alert_log(since, site, rack, rule)
+    if as_json:
+        for r in rows:
+            click.echo(orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")} | {"at": r["_time"].isoformat()},
+                                    default=str).decode())
+        return
+    for r in rows:
+        flag = " (flapping)" if r.get("flapping") else ""
+        held = " suppressed" if r.get("inhibited_by") else ""
+        click.echo(f"{r['_time']:%Y-%m-%d %H:%M:%S}  {r['alertname']:<32} {r['old']:>11} -> {r['state']:<11}"
+                   f"{flag}{held} {_where(r)} value {r['value']:.4g}")
+    click.echo(f"{len(rows)} records", err=True)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -21,7 +22,8 @@ from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.deadletter import Rejection
-from dcpulse.streams.offline import reference_results
+from dcpulse.streams.alertrules import load_rules
+from dcpulse.streams.offline import reference_alerts, reference_results
 from dcpulse.streams.validation import ParsedBatch, parse_record
 
 from dcpulse.sandbox import sandbox
@@ -100,6 +102,29 @@ def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path,
     # Per closed minute: 3 PUE categories, pPUE, site efficiency, 4 racks + hall + site utilisation.
     assert len(expected) >= 11 * (minutes - 3)
     return recording, topic, expected
+
+
+Transition = tuple[str, str, str, str]  # fingerprint, event time, old state, new state
+
+
+def expected_transitions(recording: Path, partitions: int) -> set[Transition]:
+    """The offline reference of the alert transitions a replay of the recording raises."""
+    return {(e.fingerprint, e.to_json()["at"], e.transition.old, e.transition.new)
+            for e in reference_alerts(replay_plan(recording, partitions), partitions, load_rules())}
+
+
+def read_transitions(settings: Settings, idle_ms: int = 3000) -> set[Transition]:
+    """Every alert transition on the alerts topic (a restarted worker may have sent some twice)."""
+    consumer = kafka_clients.consumer(settings.kafka.bootstrap, "dcpulse-test-transitions",
+                                      consumer_timeout_ms=idle_ms)
+    topic = settings.topics.alerts
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    found = set()
+    for message in consumer:
+        event = orjson.loads(message.value)
+        found.add((event["fingerprint"], event["at"], event["old"], event["new"]))
+    consumer.close()
+    return found
 
 
 def recorded_samples(recording: Path, partitions: int) -> int:

@@ -111,11 +111,11 @@ def test_the_default_pack_file_is_the_one_loaded() -> None:
     assert DEFAULT_RULES.exists() and load_rules(DEFAULT_RULES) == load_rules()
 
 
-def _recording(tmp_path, faults: list[str]) -> Path:
-    """The small site with `faults`, 6 simulated minutes, as a recording (no broker)."""
+def _recording(tmp_path, faults: list[str], start: datetime = T0, seconds: float = 360.0) -> Path:
+    """The small site with `faults` (6 simulated minutes from midnight unless told), as a recording."""
     topic = InMemoryTopic(1)
-    sim = ScenarioSimulator(build_scenario(["small"], None, faults, 7, T0))
-    run_scenario(sim, 360.0, None, topic.publish_raw, topic.broadcast)
+    sim = ScenarioSimulator(build_scenario(["small"], None, faults, 7, start))
+    run_scenario(sim, seconds, None, topic.publish_raw, topic.broadcast)
     offsets: dict[int, int] = {}
     messages = []
     for partition, ts, key, value in topic.records:
@@ -150,18 +150,52 @@ def test_alerts_rules_names_the_rule_at_fault(tmp_path) -> None:
     assert result.exit_code == 1 and "rule 'x': field condition" in result.output
 
 
-@pytest.mark.parametrize("fault, expected", [
-    ("coolant_leak:small@1m+2m", {"coolant_leak", "cdu_reservoir_level_low", "cdu_loop_pressure_low"}),
-    ("cdu_pump_failure:small@1m+2m", {"cdu_pump_redundancy_lost", "accelerator_temperature_high",
-                                      "accelerator_thermal_throttling"}),
-    ("hot_spot:small@1m+3m", {"rack_inlet_above_allowable", "rack_inlet_above_a2_allowable"}),
-    ("sensor_dropout:small@1m+2m", {"device_not_reporting"}),
+AFTERNOON = T0 + timedelta(hours=14)  # the small site's chiller trims the tower's free cooling then
+
+
+# Each of the simulator's ten fault kinds, at its default target, 10 simulated minutes from 14:00
+# with the fault from minute 1 to minute 5: (rule, entity) that must fire, and by when (seconds of
+# event time after the fault starts; docs/alerts.md "Detection times").
+@pytest.mark.parametrize("fault, rule, entity, within_s", [
+    ("cdu_pump_failure", "cdu_pump_redundancy_lost", "cdu-h1-01", 10),
+    ("coolant_leak", "coolant_leak", "leak-cdu-h1-01", 10),
+    ("filter_clog", "cdu_differential_pressure_high", "cdu-h1-01", 240),
+    ("chiller_trip", "chiller_stopped_while_needed", "chiller-1", 80),
+    ("hot_spot", "rack_inlet_above_a2_allowable", "h1-r01-k01-s01", 80),
+    ("stuck_sensor", "server_sensor_stuck", "h1-r01-k01-s01", 140),
+    ("sensor_dropout", "device_not_reporting", "h1-r01-k01-s01", 50),
+    ("clock_skew", "device_clock_ahead", "h1-r01-k01-s01", 30),
+    ("counter_reset", "energy_register_went_back", "pdu-h1-r01-k01", 10),
+    ("malformed", "agent_dead_letters", "facility", 90),
 ])
-def test_each_fault_raises_its_default_rules(tmp_path, fault: str, expected: set[str]) -> None:
-    result = CliRunner().invoke(main, ["alerts", "replay", str(_recording(tmp_path, [fault])), "--json"])
-    fired = {orjson.loads(line)["labels"]["alertname"] for line in result.output.splitlines()
-             if orjson.loads(line)["new"] == "firing"}
-    assert expected <= fired
+def test_each_fault_kind_raises_its_alert_on_its_entity_in_time_and_resolves(tmp_path, fault: str, rule: str,
+                                                                            entity: str, within_s: float) -> None:
+    path = _recording(tmp_path, [f"{fault}:small@1m+4m"], AFTERNOON, 600.0)
+    result = CliRunner().invoke(main, ["alerts", "replay", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    events = [orjson.loads(line) for line in result.output.splitlines()]
+    mine = [e for e in events if e["labels"]["alertname"] == rule and e["labels"]["device"] == entity
+            and e["old"] != e["new"]]
+    fault_start = AFTERNOON + timedelta(minutes=1)
+    fired = [e for e in mine if e["new"] == "firing"]
+    assert fired, f"{rule} on {entity} never fired: {sorted({e['labels']['alertname'] for e in events})}"
+    delay = (datetime.fromisoformat(fired[0]["at"]) - fault_start).total_seconds()
+    assert 0 <= delay <= within_s
+    assert mine[-1]["new"] == "inactive" and mine[-1]["resolved"], "still firing after the fault ended"
+    assert not [e for e in events if e["new"] == "firing" and datetime.fromisoformat(e["at"]) < fault_start]
+
+
+def test_a_pump_failure_suppresses_the_accelerator_alerts_of_the_racks_its_cdu_cools(tmp_path) -> None:
+    path = _recording(tmp_path, ["cdu_pump_failure:small@1m+2m"], AFTERNOON, 300.0)
+    events = [orjson.loads(line) for line in
+              CliRunner().invoke(main, ["alerts", "replay", str(path), "--json"]).output.splitlines()]
+    source = next(e for e in events if e["labels"]["alertname"] == "cdu_pump_redundancy_lost" and e["new"] == "firing")
+    ended = next(e["at"] for e in events if e["fingerprint"] == source["fingerprint"] and e["resolved"])
+    hot = [e for e in events if e["labels"]["alertname"].startswith("accelerator_") and e["new"] == "firing"
+           and e["at"] < ended]
+    assert hot and {e["labels"]["cdu"] for e in hot} == {"cdu-h1-01"}
+    assert all(source["fingerprint"] in e["inhibited_by"] for e in hot)
+    assert {e["cause"] for e in hot} == {"cdu-h1-01"} == {source["cause"]}
 
 
 NEAR_CAP = parse_rules('[[rule]]\nname = "near_cap"\nkind = "pdu"\nmetric = "power_kw"\ndivide_by = "rated_kw"\n'
