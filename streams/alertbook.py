@@ -1,23 +1,36 @@
-"""What is alerting now, and what suppresses what (pure): the alert log's last step.
+"""What is alerting, and what suppresses what, in event time (pure): the alert log's last step.
 
 The stages emit each alert's transitions (streams/alerting.py) from wherever its entity lives:
-a CDU's from one raw partition, its racks' from others. The book folds every transition into
-the set of active (firing or keep-firing) alerts and records each one with `inhibited_by`: the
-fingerprints of active alerts whose derived inhibit rule (streams/alertrules.py `inhibitions`)
-covers it, the same rules Alertmanager is configured with. When a source alert starts or stops
-firing, the active alerts it covers are recorded again, so the log says when each suppression
-began and ended whichever transition arrived first. Every record also names its `cause`: the
-topology element notifications are grouped by (`cause_of`).
+a CDU's from one raw partition, its racks' from others, so the book reads them in an order that
+need not be event time (one alert's own transitions do stay in order). It records every
+transition with `inhibited_by`: the fingerprints of the alerts whose derived inhibit rule
+(streams/alertrules.py `inhibitions`, the rules Alertmanager is configured with) covers it and
+that were firing at that transition's event time. A source's firing spans are kept, so when a
+span opens or closes after records it covers were written, those records are written again
+with the same time (the alert log keys a record by alert and time, so the new one replaces
+the old): whatever the arrival order, the log ends up the same. Only transitions are recorded:
+an alert already firing when its source starts keeps the record of its own last transition
+(Alertmanager shows it suppressed from then on; `dcpulse alerts active` judges suppression
+from the alerts firing now). Every record also names its `cause`: the
+topology element notifications are grouped by (`cause_of`). Records and spans older than
+`horizon_ms` before the newest event time are forgotten.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from dcpulse.streams.alertrules import Inhibition
+from dcpulse.streams.validation import epoch_ms
 
 ACTIVE_STATES = frozenset({"firing", "keep_firing"})
 Record = dict[str, Any]  # a dcpulse.alert/1 transition plus `inhibited_by` and `cause`
+OPEN = 2**63  # an open span's end
+
+
+def event_ms(record: Record) -> int:
+    return epoch_ms(datetime.fromisoformat(record["at"]))
 
 
 def cause_of(labels: dict[str, str], inhibitions: list[Inhibition]) -> str:
@@ -34,32 +47,86 @@ def cause_of(labels: dict[str, str], inhibitions: list[Inhibition]) -> str:
 
 
 class AlertBook:
-    def __init__(self, inhibitions: list[Inhibition]) -> None:
+    def __init__(self, inhibitions: list[Inhibition], horizon_ms: int = 3_600_000) -> None:
         self.inhibitions = inhibitions
         self.sources = {inhibition.source for inhibition in inhibitions}
-        self.active: dict[str, Record] = {}  # fingerprint -> its latest record
+        self.horizon_ms = horizon_ms
+        self.active: dict[str, Record] = {}  # fingerprint -> its latest record, while firing
+        self.records: dict[str, dict[int, Record]] = {}  # fingerprint -> event time (ms) -> record
+        self.spans: dict[str, list[list[Any]]] = {}  # source fingerprint -> [[start ms, end ms, labels]]
+        self._newest = 0
 
-    def inhibitors(self, labels: dict[str, str], fingerprint: str) -> list[str]:
-        """Fingerprints of the active alerts that suppress an alert with these labels."""
-        return sorted(fp for fp, source in self.active.items() if fp != fingerprint
-                      and any(i.covers(source["labels"], labels) for i in self.inhibitions))
+    def inhibitors(self, labels: dict[str, str], fingerprint: str, at_ms: int) -> list[str]:
+        """Fingerprints of the alerts firing at `at_ms` that suppress an alert with these labels."""
+        return sorted(fp for fp, spans in self.spans.items() if fp != fingerprint
+                      and any(start <= at_ms < end and self._covers(source, labels) for start, end, source in spans))
 
     def apply(self, event: dict[str, Any]) -> list[Record]:
-        """One transition -> the records it causes: itself, then any active alert whose
-        suppression it changed (at the transition's time, state unchanged)."""
-        fp, labels = event["fingerprint"], event["labels"]
-        was_active = fp in self.active
-        record = {**event, "inhibited_by": self.inhibitors(labels, fp), "cause": cause_of(labels, self.inhibitions)}
-        if event["new"] in ACTIVE_STATES:
-            self.active[fp] = record
+        """One transition -> the records to write: its own, then any it changed."""
+        fp, labels, at_ms = event["fingerprint"], event["labels"], event_ms(event)
+        moved = self._span(fp, event, at_ms) if labels.get("alertname") in self.sources else False
+        record = {**event, "inhibited_by": self.inhibitors(labels, fp, at_ms),
+                  "cause": cause_of(labels, self.inhibitions)}
+        self._keep(record, at_ms)
+        records = [record]
+        if moved:
+            records += self._rejudge(fp, labels, at_ms)
+        self._forget(at_ms)
+        return records
+
+    def _span(self, fp: str, event: dict[str, Any], at_ms: int) -> bool:
+        """Open or close the source's span; whether it did."""
+        spans = self.spans.setdefault(fp, [])
+        is_open = bool(spans) and spans[-1][1] == OPEN
+        if event["new"] in ACTIVE_STATES and not is_open:
+            spans.append([at_ms, OPEN, event["labels"]])
+            return True
+        if event["new"] not in ACTIVE_STATES and is_open:
+            spans[-1][1] = at_ms
+            return True
+        return False
+
+    def _rejudge(self, source_fp: str, source: dict[str, str], at_ms: int) -> list[Record]:
+        """The records the source's span change covers (from the change on), judged again."""
+        changed = []
+        for fp, by_time in sorted(self.records.items()):
+            if fp == source_fp or not self._covers(source, next(iter(by_time.values()))["labels"]):
+                continue
+            for t in sorted(t for t in by_time if t >= at_ms):
+                record = by_time[t]
+                now = self.inhibitors(record["labels"], fp, t)
+                if now != record["inhibited_by"]:
+                    record = {**record, "inhibited_by": now}
+                    self._keep(record, t)
+                    changed.append(record)
+        return changed
+
+    def _keep(self, record: Record, at_ms: int) -> None:
+        fp = record["fingerprint"]
+        by_time = self.records.setdefault(fp, {})
+        by_time[at_ms] = record
+        latest = by_time[max(by_time)]
+        if latest["new"] in ACTIVE_STATES:
+            self.active[fp] = latest
         else:
             self.active.pop(fp, None)
-        records = [record]
-        if labels.get("alertname") in self.sources and was_active != (fp in self.active):
-            for other_fp, other in sorted(self.active.items()):
-                now = self.inhibitors(other["labels"], other_fp)
-                if other_fp != fp and now != other["inhibited_by"]:
-                    updated = {**other, "at": event["at"], "old": other["new"], "resolved": False, "inhibited_by": now}
-                    self.active[other_fp] = updated
-                    records.append(updated)
-        return records
+
+    def _covers(self, source: dict[str, str], target: dict[str, str]) -> bool:
+        return any(i.covers(source, target) for i in self.inhibitions)
+
+    def _forget(self, at_ms: int) -> None:
+        """Drop records and closed spans older than the horizon; each alert keeps its latest record."""
+        if at_ms <= self._newest + self.horizon_ms // 10:  # prune now and then, not per record
+            return
+        self._newest, cutoff = at_ms, at_ms - self.horizon_ms
+        for fp in list(self.records):
+            by_time = self.records[fp]
+            latest = max(by_time)
+            for t in [t for t in by_time if t < cutoff and t != latest]:
+                del by_time[t]
+            if latest < cutoff and fp not in self.active:
+                del self.records[fp]
+        for fp in list(self.spans):
+            self.spans[fp] = [span for span in self.spans[fp] if span[1] >= cutoff]
+            if not self.spans[fp]:
+                del self.spans[fp]

@@ -9,7 +9,7 @@ import orjson
 from rich.markup import escape
 from rich.table import Table
 
-from dcpulse.cliutil import console
+from dcpulse.cliutil import console, load_settings
 from dcpulse.streams.alertbook import AlertBook, Record
 from dcpulse.streams.alertrules import Rule, RulesError, inhibitions, load_rules
 
@@ -78,6 +78,9 @@ def _describe(record: Record, book: AlertBook) -> str:
             f"value {record['value']:.4g}{inhibited}")
 
 
+# The alert log's fields, and the tags that are not labels (docs/influx-schema.md).
+LOG_FIELDS = frozenset({"state", "old", "value", "resolved", "flapping", "inhibited_by", "summary", "fingerprint",
+                        "cause"})
 SINCE_OPTION = click.option("--since", default="7d", show_default=True, help="how far back (event time): 30m, 24h, 7d")
 
 
@@ -85,7 +88,6 @@ def _alert_log(since: str, site: str | None, rack: str | None, rule: str | None)
     """The alert log's records from InfluxDB (read-only token), oldest first; clear errors."""
     from datetime import UTC, datetime, timedelta
 
-    from dcpulse.cliutil import load_settings
     from dcpulse.producers.run import parse_duration
     from dcpulse.services.onboarding import influx_token
     from dcpulse.sinks.query import alert_log_query, read_rows
@@ -119,12 +121,18 @@ def alerts_active(site: str | None, rack: str | None, since: str, as_json: bool)
     for row in _alert_log(since, site, rack, None):
         latest[row["fingerprint"]] = row
     active = [r for r in latest.values() if r["state"] in ("firing", "keep_firing")]
-    names = {fp: r["alertname"] for fp, r in latest.items()}
+    rules = inhibitions(_rules(load_settings().alerts.rules_file))
+    labels = {r["fingerprint"]: {k: v for k, v in r.items() if not k.startswith("_") and k not in LOG_FIELDS}
+              for r in active}
+    # Suppressed by what fires now (a record says what suppressed it at its own time).
+    by_now = {fp: sorted(other["alertname"] for other_fp, other in labels.items() if other_fp != fp
+                         and any(i.covers(other, mine) for i in rules)) for fp, mine in labels.items()}
     order = {"critical": 0, "warning": 1, "info": 2}
     active.sort(key=lambda r: (order.get(r.get("severity", ""), 3), r["_time"]))
     if as_json:
         for r in active:
-            click.echo(orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")} | {"at": r["_time"].isoformat()},
+            click.echo(orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")}
+                                    | {"at": r["_time"].isoformat(), "suppressed_by": by_now[r["fingerprint"]]},
                                     default=str).decode())
         return
     if not active:
@@ -134,7 +142,7 @@ def alerts_active(site: str | None, rack: str | None, since: str, as_json: bool)
     for column in ("severity", "alert", "where", "since", "value", "suppressed by", "summary"):
         table.add_column(column, no_wrap=column != "summary", overflow="fold")
     for r in active:
-        by = ", ".join(names.get(fp, fp) for fp in (r.get("inhibited_by") or "").split(",") if fp)
+        by = ", ".join(by_now[r["fingerprint"]])
         table.add_row(escape(r.get("severity", "")), escape(r["alertname"]), escape(_where(r)),
                       r["_time"].strftime("%Y-%m-%d %H:%M:%S"), f"{r['value']:.4g}", escape(by),
                       escape(r.get("summary") or ""))

