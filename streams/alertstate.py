@@ -12,7 +12,7 @@ gets here). States, after Prometheus' alerting rules:
 - flapping (the Nagios and Kapacitor method): over the last `history` evaluations, each change
   of the condition weighted linearly from 0.8 (oldest) to 1.2 (newest), the share of weighted
   changes above `flap_high` marks the alert flapping and below `flap_low` ends it (judged once
-  `history` evaluations are in). A flapping
+  `min_history` evaluations are in, over up to `history`). A flapping
   alert is one firing alert with a `flapping` label, not a storm: it fires at once and is not
   resolved until the flapping has ended.
 
@@ -36,6 +36,7 @@ class Timing:
     for_ms: int = 0
     keep_firing_for_ms: int = 0
     history: int = 21
+    min_history: int = 11  # flapping is judged from this many evaluations on (Nagios waits for all 21)
     flap_high: float = 0.5
     flap_low: float = 0.25
 
@@ -106,7 +107,8 @@ def flap_share(levels: tuple[bool, ...]) -> float:
 def evaluate(current: AlertState, condition: bool, at_ms: int, timing: Timing) -> Step:
     """The state after one evaluation at event time `at_ms` (never earlier than the last)."""
     levels = (current.levels + (condition,))[-timing.history:]
-    share = flap_share(levels) if len(levels) == timing.history else 0.0  # judged on a full history only
+    # Judged before the history is full, so a rule without `for` does not notify ten times first.
+    share = flap_share(levels) if len(levels) >= min(timing.min_history, timing.history) else 0.0
     flapping = share > timing.flap_high if not current.flapping else share >= timing.flap_low
     s = replace(current, levels=levels, flapping=flapping)
     old = current.state

@@ -246,3 +246,48 @@ def test_a_nodata_rule_needs_seconds_and_no_clear() -> None:
         parse_rules('[[rule]]\nname = "x"\nkind = "cdu"\ncondition = "nodata"\nthreshold = 0\n')
     with pytest.raises(RulesError, match="clear has no meaning"):
         parse_rules('[[rule]]\nname = "x"\nkind = "cdu"\ncondition = "nodata"\nthreshold = 30\nclear = 20\n')
+
+
+class _Alertmanager:
+    """What the notifier posted (a pure unit test's stand-in for the server's API)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+
+    def post(self, alerts: list[dict]) -> None:
+        self.posts.extend(alerts)
+
+
+@pytest.mark.parametrize("rule, hot, cool, extra, most", [
+    # Crossing both thresholds every sample: with `for` 60 s it would only ever be pending; the
+    # flapping alert fires once.
+    ("rack_power_near_provisioned", {"power_kw": 19.4}, {"power_kw": 18.0}, {"rated_kw": 20.0}, 1),
+    # No `for`: each crossing notifies until flapping is judged, from the 11th evaluation on
+    # (5 fire-resolve pairs), then one flapping alert instead of 55 more.
+    ("accelerator_near_slowdown", {"acc0_temp_c": 89.0}, {"acc0_temp_c": 85.0}, {}, 6),
+])
+def test_a_value_oscillating_around_a_threshold_notifies_one_flapping_alert_not_a_storm(rule, hot, cool, extra,
+                                                                                        most) -> None:
+    from datetime import UTC as _UTC
+
+    from dcpulse.settings import AlertmanagerSettings
+    from dcpulse.sinks.notifier import Notifier
+    from dcpulse.streams.alertbook import AlertBook
+    from dcpulse.streams.alertrules import inhibitions
+
+    rules = [r for r in load_rules() if r.name == rule]
+    engine, book = RuleEngine(rules), AlertBook(inhibitions(rules))
+    am = _Alertmanager()
+    notifier = Notifier(am, AlertmanagerSettings(), "test", now=lambda: datetime(2026, 7, 2, tzinfo=_UTC))
+    kind = rules[0].kind
+    for i in range(120):  # 10 minutes crossing the threshold every sample, then 10 minutes calm
+        values = (hot if i % 2 == 0 else cool) if i < 60 else cool
+        for event in engine.observe("s", sample(kind, "dev-1", i, {**values, **extra}, rack="r1")):
+            notifier.take(book.apply(event.to_json()))
+        notifier.flush()
+    firing = [p for p in am.posts if p["endsAt"] > "2026-07-02T00:00:00.000Z"]
+    ended = [p for p in am.posts if p["endsAt"] == "2026-07-02T00:00:00.000Z"]
+    label_sets = {tuple(sorted(p["labels"].items())) for p in am.posts}
+    assert len(label_sets) <= 2  # the alert, and (no `for`) the same alert labelled flapping
+    assert any(p["labels"].get("flapping") == "true" for p in firing)
+    assert len(firing) == most and len(ended) == len(firing)  # not dozens; every one resolved in the end
