@@ -45,6 +45,22 @@ def alerts_rules(rules_path: Path | None) -> None:
     console.print(table)
 
 
+@alerts.command("alertmanager-config")
+@RULES_OPTION
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="write it here (default: stdout)")
+def alerts_alertmanager_config(rules_path: Path | None, output: Path | None) -> None:
+    """The Alertmanager configuration dcpulse generates from the rules: grouping per site and
+    cause, the receiver, and the inhibit rules the topology implies (what `services up` runs
+    Alertmanager with; for an Alertmanager of your own)."""
+    from dcpulse.services.alertmanager import render_config
+
+    text = render_config(load_settings().alertmanager, inhibitions(_rules(rules_path or load_settings().alerts.rules_file)))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
 @alerts.command("replay")
 @click.argument("recording", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @RULES_OPTION

@@ -16,6 +16,13 @@ def test_images_pin_the_same_versions_as_the_local_servers() -> None:
     s = Settings()
     assert SERVICES["kafka"]["image"] == f"apache/kafka:{s.kafka.version}"
     assert SERVICES["influxdb"]["image"] == f"influxdb:{s.influx.version}"
+    assert SERVICES["alertmanager"]["image"] == f"prom/alertmanager:v{s.alertmanager.version}"
+
+
+def test_alertmanager_is_on_its_local_port_on_loopback_only_with_no_gossip_listener() -> None:
+    am = SERVICES["alertmanager"]
+    assert am["ports"] == [f"127.0.0.1:{Settings().alertmanager.port}:9093"]
+    assert "--cluster.listen-address=" in am["command"]
 
 
 @pytest.mark.parametrize("service, attr", [("kafka", "kafka"), ("influxdb", "influx")])
