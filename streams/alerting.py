@@ -10,6 +10,7 @@ Alerts carry the sample's topology (site, hall, row, rack, device) as labels.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any, Protocol
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -180,9 +181,22 @@ class RuleEngine:
     def watches_silence(self) -> bool:
         return bool(self._nodata)
 
-    def wants(self, kind: str, name: str) -> bool:
-        """Does any rule of `kind` judge the derived input `name` (so the stage computes it)?"""
-        return any(rule.metric == name for rule in (*self._by_kind.get(kind, ()), *self._by_kind.get(ANY, ())))
+    def quiet_band(self, kind: str, name: str) -> tuple[float, float] | None:
+        """For the derived input `name` of a device kind: None if no rule judges it; else the
+        range of values no rule can fire on, so the stage need not hand those in for a device
+        with no alert (a ratio, a rate or a site's own threshold: an empty range)."""
+        rules = [rule for rule in (*self._by_kind.get(kind, ()), *self._by_kind.get(ANY, ())) if rule.metric == name]
+        if not rules:
+            return None
+        low, high = -math.inf, math.inf
+        for rule in rules:
+            if rule.divide_by is not None or rule.threshold_from is not None or rule.condition not in ("above", "below"):
+                return (math.inf, -math.inf)
+            if rule.condition == "above":
+                high = min(high, rule.threshold)
+            else:
+                low = max(low, rule.threshold)
+        return low, high
 
     def silence(self, site: str, where: Located, last_ms: int, now_ms: int) -> list[AlertEvent]:
         """NoData rules of `where.kind` (a device kind, or `rack`) at the site's event time

@@ -105,7 +105,8 @@ class PartitionStage:
         # Alert state lives in the partition's state, so it is checkpointed with the windows.
         device_rules = [rule for rule in alert_rules if rule.kind != "site"]  # site rules: the combiner's
         self.alerts = RuleEngine(device_rules, state) if device_rules else None
-        self._derived: dict[str, tuple[str, ...]] = {}  # device kind -> the derived inputs its rules judge
+        # device kind -> the derived inputs its rules judge, each with the range none fires on
+        self._derived: dict[str, tuple[tuple[str, tuple[float, float]], ...]] = {}
 
     def handle(self, out: Outputs, offset: int, producer_ms: int | None, key: bytes | None,
                value: bytes | None) -> None:
@@ -150,11 +151,13 @@ class PartitionStage:
             if isinstance(verdict, Rejection):
                 rejected[i] = verdict
                 if verdict.reason == CLOCK_SKEW and self.alerts is not None and clock is not None:
-                    if derived := self._derived_inputs(sample, None, clock):  # its clock is what is wrong
+                    # Its clock is what is wrong: only the derived inputs are judged.
+                    if derived := self._derived_inputs(site, sample, epoch_ms(sample.ts), None, clock):
                         out.alerts.extend(self.alerts.observe_values(site, sample, derived, clock.watermark_ms))
                 continue
             if self.alerts is not None:
-                out.alerts.extend(self.alerts.observe(site, sample, self._derived_inputs(sample, verdict, clock),
+                out.alerts.extend(self.alerts.observe(site, sample,
+                                                      self._derived_inputs(site, sample, verdict.ts_ms, verdict, clock),
                                                       clock.watermark_ms if clock is not None else None))
             if clock is not None and epoch_ms(sample.ts) < clock.next_start_ms:
                 out.counts["late"] += 1  # valid (it reaches the raw bucket), its window has closed
@@ -173,23 +176,37 @@ class PartitionStage:
             out.valid.append((key, orjson.dumps({"schema": TELEMETRY_SCHEMA, "site": site, "agent": batch.agent,
                                                  "samples": good})))
 
-    def _derived_inputs(self, sample: Sample, device: DeviceState | None, clock: SiteClock | None) -> dict[str, float]:
-        """The derived inputs (streams/alertrules.py DERIVED) the rules of the sample's kind judge."""
+    def _derived_inputs(self, site: str, sample: Sample, ts_ms: int, device: DeviceState | None,
+                        clock: SiteClock | None) -> dict[str, float] | None:
+        """The derived inputs (streams/alertrules.py DERIVED) the rules of the sample's kind
+        judge; of a device with no alert, only those outside the range no rule fires on."""
         assert self.alerts is not None
         kind = sample.kind.value
-        wanted = self._derived.get(kind)
-        if wanted is None:
-            wanted = self._derived[kind] = tuple(name for name in DERIVED if self.alerts.wants(kind, name))
+        bands = self._derived.get(kind)
+        if bands is None:
+            bands = self._derived[kind] = tuple((name, band) for name in DERIVED
+                                                if (band := self.alerts.quiet_band(kind, name)) is not None)
+        if not bands:
+            return None
+        held = self.alerts.holds(site, sample.device)
         derived: dict[str, float] = {}
-        for name in wanted:
+        for name, (low, high) in bands:
             if name == "@clock_ahead_s":
-                if clock is not None:
-                    derived[name] = (epoch_ms(sample.ts) - clock.watermark_ms) / 1000
+                if clock is None:
+                    continue
+                value = (ts_ms - clock.watermark_ms) / 1000
             elif name == "@unchanged_s":
-                if device is not None:
-                    derived[name] = (device.ts_ms - device.same_since_ms) / 1000
-            elif name == "@heat_kw" and (heat := cdu_heat_kw(sample.metrics)) is not None:
-                derived[name] = heat
+                if device is None:
+                    continue
+                value = (device.ts_ms - device.same_since_ms) / 1000
+            elif name == "@heat_kw":
+                if (heat := cdu_heat_kw(sample.metrics)) is None:
+                    continue
+                value = heat
+            else:
+                continue
+            if held or not low <= value <= high:
+                derived[name] = value
         return derived
 
     def _sample(self, site: str, clock: SiteClock | None, sample: Sample,
