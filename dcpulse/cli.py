@@ -11,7 +11,7 @@ import orjson
 from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings, say
-from dcpulse.settings import CONFIG_ENV_VAR, get_settings, masked_dump
+from dcpulse.settings import CONFIG_ENV_VAR, Settings, get_settings, masked_dump
 
 @click.group()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -163,7 +163,8 @@ def sink() -> None:
 @click.option("--minutes", default=8, show_default=True, help="Simulated minutes of the small preset")
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for the results")
 def demo(minutes: int, timeout: float) -> None:
-    """Start the servers, run the small site through the whole pipeline, print PUE and utilisation."""
+    """Start the servers, run the small site through the whole pipeline (a CDU pump fails near
+    the end), print PUE, utilisation and the alerts."""
     from dcpulse.demo import run_small_site
     from dcpulse.services.manager import LocalServices
 
@@ -192,8 +193,32 @@ def demo(minutes: int, timeout: float) -> None:
         util.add_row(row["level"], row["entity"], *(f"{row[k]:.2f}" if row.get(k) is not None else "-" for k in
                      ("acc_util_mean", "acc_util_p95", "acc_util_max", "power_ratio", "heat_ratio")))
     console.print(util)
+    _print_demo_alerts(result, settings)
     say(f"simulator ground truth over the run: PUE {result['truth_pue']:.3f} (category 1); "
         f"{result['samples']:,} samples. Servers left running: `dcpulse services down` stops them")
+
+
+def _print_demo_alerts(result: dict, settings: Settings) -> None:
+    """The alert log of the demo's site, one line per alert and state, and what Alertmanager holds."""
+    from collections import Counter
+
+    latest: dict[str, dict] = {}
+    for row in result["alerts"]:
+        latest[row["fingerprint"]] = row
+    counts = Counter((r["alertname"], r["state"], bool(r.get("inhibited_by"))) for r in latest.values())
+    table = Table("alert", "state", "alerts", "suppressed", title=f"Alerts of site {result['site']} (a CDU pump was "
+                  "failed 2 minutes before the end), from the alert log")
+    for (name, state, held), n in sorted(counts.items()):
+        table.add_row(name, state, str(n), "yes" if held else "")
+    console.print(table)
+    posted = result["alertmanager"]
+    if posted is None:
+        say("Alertmanager: not reachable or disabled; the alert log above is complete without it")
+    else:
+        states = Counter(a["status"]["state"] for a in posted)
+        say(f"Alertmanager at {settings.alertmanager.url}: {states.get('active', 0)} active, "
+            f"{states.get('suppressed', 0)} suppressed by topology inhibition; "
+            f"`dcpulse alerts active --site {result['site']}` lists them")
 
 
 from dcpulse.producers.recording_cli import record, replay  # noqa: E402

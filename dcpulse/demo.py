@@ -55,17 +55,25 @@ def wait_for_samples(
         time.sleep(0.5)
 
 
+# Injected so the demo shows alerts: a CDU pump fails two minutes before the end of the run, so
+# its alert, the accelerator alerts of the racks it cools (suppressed by it) and the loop's
+# flow alert are firing when the demo ends.
+DEMO_FAULT_BEFORE_END_MIN = 2
+
+
 def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], None] = print,
                    timeout_s: float = 180.0) -> dict[str, Any]:
     """The `small` preset through the whole pipeline: simulate the last `minutes` minutes at max
-    speed, let the Faust worker window them and the sinks land them, read the results back."""
+    speed with a CDU pump failure near the end, let the Faust worker window them and judge the
+    alert rules and the sinks land them, read the results and alerts back."""
     from dcpulse.producers.run import run_scenario
     from dcpulse.producers.scenario_args import build_scenario, current_minute
     from dcpulse.producers.simulator import ScenarioSimulator
-    from dcpulse.sinks.query import measurement_query, read_rows
+    from dcpulse.sinks.query import alert_log_query, measurement_query, read_rows
 
     start = current_minute() - timedelta(minutes=minutes)
-    scenario = build_scenario(["small"], None, [], 7, start)
+    fault_at = max(0, minutes - DEMO_FAULT_BEFORE_END_MIN)
+    scenario = build_scenario(["small"], None, [f"cdu_pump_failure:small:cdu-h1-01@{fault_at}m"], 7, start)
     sim = ScenarioSimulator(scenario)
     token = influx_token(settings, "read")
     bucket = settings.influx.buckets.analytics
@@ -93,5 +101,24 @@ def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], No
             time.sleep(1.0)
         util_rows = read_rows(settings.influx.url, token, settings.influx.org,
                               measurement_query(bucket, "utilisation", site, start))
+        alert_rows = read_rows(settings.influx.url, token, settings.influx.org,
+                               alert_log_query(settings.influx.buckets.alerts, start, site=site))
+        posted = _alertmanager_alerts(settings)
     return {"site": site, "start": start, "pue": [r for r in pue_rows if r["window"] == "1m"],
-            "utilisation": util_rows, "truth_pue": sim.sites[0].truth.pue, "samples": stats.samples}
+            "utilisation": util_rows, "truth_pue": sim.sites[0].truth.pue, "samples": stats.samples,
+            "alerts": alert_rows, "alertmanager": posted}
+
+
+def _alertmanager_alerts(settings: Settings, wait_s: float = 3.0) -> list[dict[str, Any]] | None:
+    """This pipeline's alerts as Alertmanager lists them (the notifier posts within a second);
+    None when Alertmanager is off or unreachable."""
+    from dcpulse.sinks.alertmanager import AlertmanagerClient, AlertmanagerError
+
+    if not settings.alertmanager.enabled:
+        return None
+    time.sleep(wait_s)
+    try:
+        with AlertmanagerClient(settings.alertmanager.url) as am:
+            return am.alerts(filter=[f'pipeline="{settings.topics.prefix}"'])
+    except AlertmanagerError:
+        return None

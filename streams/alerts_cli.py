@@ -88,7 +88,8 @@ def _describe(record: Record, book: AlertBook) -> str:
     labels = record["labels"]
     where = "/".join(labels[k] for k in ("site", "hall", "rack", "device") if k in labels)
     flag = " (flapping)" if record["flapping"] else ""
-    by = [book.active[fp]["labels"]["alertname"] for fp in record["inhibited_by"] if fp in book.active]
+    by = [next(iter(book.records[fp].values()))["labels"]["alertname"] for fp in record["inhibited_by"]
+          if fp in book.records]
     inhibited = f" inhibited by {', '.join(by)}" if by else ""
     return (f"{record['at']}  {labels['alertname']:<32} {record['old']:>11} -> {record['new']:<11}{flag} {where} "
             f"value {record['value']:.4g}{inhibited}")

@@ -8,6 +8,9 @@ the accelerator alerts it causes suppressed by it."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,3 +136,21 @@ def test_alertmanager_shows_the_cdu_alert_active_and_what_it_causes_suppressed(r
     for alert in caused:
         assert alert["status"]["state"] == "suppressed"
         assert cdu["fingerprint"] in alert["status"]["inhibitedBy"]
+
+
+def _cli(*args: str) -> list[dict]:
+    """`dcpulse alerts ...` --json in a child process (it reads the sandbox's settings from the environment)."""
+    done = subprocess.run([sys.executable, "-m", "dcpulse.cli", "alerts", *args, "--json"], capture_output=True,
+                          text=True, timeout=120, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_dcpulse_alerts_lists_what_fires_with_its_suppression_and_the_history_of_a_rule(run) -> None:
+    active = _cli("active", "--site", "small", "--since", "3d")
+    pump = [a for a in active if a["alertname"] == "cdu_pump_redundancy_lost"]
+    assert [a["device"] for a in pump] == ["cdu-h1-01"]
+    hot = [a for a in active if a["alertname"].startswith("accelerator_")]
+    assert hot and all("cdu_pump_redundancy_lost" in a["suppressed_by"] for a in hot)
+    history = _cli("history", "--rule", "coolant_leak", "--since", "3d")
+    assert [(r["old"], r["state"]) for r in history] == [("inactive", "firing"), ("firing", "keep_firing"),
+                                                          ("keep_firing", "inactive")]
