@@ -3,6 +3,7 @@ one consumer group) and the InfluxDB sinks (`dcpulse sink`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -89,6 +90,8 @@ def wait_for_group(settings: Settings, group: str, members: int, check: Callable
                    timeout_s: float = 90.0) -> None:
     """Until the consumer group is Stable with `members` members, so that input sent next is not
     met by the start-up rebalances; raises TimeoutError naming the group's state."""
+    # kafka-python cannot decode Faust's own assignor metadata and warns with a page of bytes.
+    logging.getLogger("kafka.admin._groups").setLevel(logging.ERROR)
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-pipeline")
     try:
         deadline = time.monotonic() + timeout_s

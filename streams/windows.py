@@ -111,6 +111,8 @@ class DeviceState:
 
     @classmethod
     def from_json(cls, data: list) -> DeviceState:
+        if len(data) == 8:  # checkpointed before devices kept their supply and stuck-value evidence
+            data = [*data, [None, None, None], 0, -1]
         kind, hall, rack, seq, ts_ms, registers, power, windows, (row, cdu, feed), digest, same_since_ms = data
         return cls(kind, hall, rack, seq, ts_ms,
                    {k: [(int(t), v) for t, v in s] for k, s in registers.items()},

@@ -240,3 +240,13 @@ def test_every_allowed_window_length_gets_its_own_label() -> None:
 def test_energy_part_json_is_a_triple() -> None:
     assert EnergyPart(1.5, 2, 3).to_json() == [1.5, 2, 3]
     assert math.isclose(EnergyPart().kwh, 0.0)
+
+
+def test_a_device_state_checkpointed_by_the_previous_release_still_loads() -> None:
+    from dcpulse.streams.windows import DeviceState
+
+    old = ["server", "h1", "h1-k1", 7, 1_000, {"energy_kwh": [[900, 1.5]]}, {}, []]  # 8 fields, before alerts
+    state = DeviceState.from_json(old)
+    assert (state.seq, state.ts_ms, state.registers, state.supply) == (7, 1_000, {"energy_kwh": [(900, 1.5)]},
+                                                                        (None, None, None))
+    assert DeviceState.from_json(state.to_json()) == state
