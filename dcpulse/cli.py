@@ -196,6 +196,8 @@ def demo(minutes: int, timeout: float) -> None:
     _print_demo_alerts(result, settings)
     say(f"simulator ground truth over the run: PUE {result['truth_pue']:.3f} (category 1); "
         f"{result['samples']:,} samples. Servers left running: `dcpulse services down` stops them")
+    say(f"to look at it in the browser: `./run console`, then open http://{settings.console.host}:"
+        f"{settings.console.port}/ (the site's floor: /site/{result['site']}; alerts: /alerts)")
 
 
 def _print_demo_alerts(result: dict, settings: Settings) -> None:
@@ -231,6 +233,9 @@ main.add_command(presets)
 from dcpulse.streams.alerts_cli import alerts  # noqa: E402
 
 main.add_command(alerts)
+from dcpulse.views.console_cli import console as console_command  # noqa: E402
+
+main.add_command(console_command)
 
 if __name__ == "__main__":
     main()

@@ -197,6 +197,15 @@ class AlertmanagerSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+class ConsoleSettings(BaseModel):
+    """`dcpulse console`, the operators' web application (docs/console.md)."""
+
+    host: str = Field("127.0.0.1", pattern=r"^(127\.\d+\.\d+\.\d+|localhost)$",
+                      description="Loopback only: the console has no login")
+    port: int = Field(8088, ge=1, le=65535)
+    refresh_s: float = Field(2.0, gt=0, description="How often each open page is sent fresh data")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DCPULSE_", env_nested_delimiter="__", extra="ignore"
@@ -210,6 +219,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     alerts: AlertSettings = AlertSettings()
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log_format: str = Field("auto", description="auto (console on a TTY, else json) | json | console")
     log_level: str = "info"
 

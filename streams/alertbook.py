@@ -130,3 +130,28 @@ class AlertBook:
             self.spans[fp] = [span for span in self.spans[fp] if span[1] >= cutoff]
             if not self.spans[fp]:
                 del self.spans[fp]
+
+
+# The alert log's fields, and the tags that are not labels (docs/influx-schema.md).
+LOG_FIELDS = frozenset({"state", "old", "value", "resolved", "flapping", "inhibited_by", "summary", "fingerprint",
+                        "cause"})
+
+
+def active_from_log(rows: list[dict[str, Any]], inhibitions: list[Inhibition]) -> list[dict[str, Any]]:
+    """The alerts firing now from the alert log's rows (oldest first): each one's last record,
+    with `suppressed_by` and `suppresses` (alertnames) judged among what fires now (a record
+    says what suppressed it at its own time), worst first."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        latest[row["fingerprint"]] = row
+    active = [r for r in latest.values() if r["state"] in ACTIVE_STATES]
+    labels = {r["fingerprint"]: {k: v for k, v in r.items() if not k.startswith("_") and k not in LOG_FIELDS}
+              for r in active}
+    for r in active:
+        mine = labels[r["fingerprint"]]
+        r["suppressed_by"] = sorted(o["alertname"] for fp, o in labels.items()
+                                    if fp != r["fingerprint"] and any(i.covers(o, mine) for i in inhibitions))
+        r["suppresses"] = sorted(o["alertname"] for fp, o in labels.items()
+                                 if fp != r["fingerprint"] and any(i.covers(mine, o) for i in inhibitions))
+    order = {"critical": 0, "warning": 1, "info": 2}
+    return sorted(active, key=lambda r: (order.get(r.get("severity", ""), 3), r["_time"]))

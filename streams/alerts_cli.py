@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings
-from dcpulse.streams.alertbook import AlertBook, Record
+from dcpulse.streams.alertbook import AlertBook, Record, active_from_log
 from dcpulse.streams.alertrules import Rule, RulesError, inhibitions, load_rules
 
 RULES_OPTION = click.option("--rules", "rules_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -95,9 +95,6 @@ def _describe(record: Record, book: AlertBook) -> str:
             f"value {record['value']:.4g}{inhibited}")
 
 
-# The alert log's fields, and the tags that are not labels (docs/influx-schema.md).
-LOG_FIELDS = frozenset({"state", "old", "value", "resolved", "flapping", "inhibited_by", "summary", "fingerprint",
-                        "cause"})
 SINCE_OPTION = click.option("--since", default="7d", show_default=True, help="how far back (event time): 30m, 24h, 7d")
 
 
@@ -134,22 +131,12 @@ def _where(row: dict) -> str:
 def alerts_active(site: str | None, rack: str | None, since: str, as_json: bool) -> None:
     """Alerts firing now (by the alert log's last record of each), worst first, with what
     suppresses them."""
-    latest: dict[str, dict] = {}
-    for row in _alert_log(since, site, rack, None):
-        latest[row["fingerprint"]] = row
-    active = [r for r in latest.values() if r["state"] in ("firing", "keep_firing")]
     rules = inhibitions(_rules(load_settings().alerts.rules_file))
-    labels = {r["fingerprint"]: {k: v for k, v in r.items() if not k.startswith("_") and k not in LOG_FIELDS}
-              for r in active}
-    # Suppressed by what fires now (a record says what suppressed it at its own time).
-    by_now = {fp: sorted(other["alertname"] for other_fp, other in labels.items() if other_fp != fp
-                         and any(i.covers(other, mine) for i in rules)) for fp, mine in labels.items()}
-    order = {"critical": 0, "warning": 1, "info": 2}
-    active.sort(key=lambda r: (order.get(r.get("severity", ""), 3), r["_time"]))
+    active = active_from_log(_alert_log(since, site, rack, None), rules)
     if as_json:
         for r in active:
             click.echo(orjson.dumps({k: v for k, v in r.items() if not k.startswith("_")}
-                                    | {"at": r["_time"].isoformat(), "suppressed_by": by_now[r["fingerprint"]]},
+                                    | {"at": r["_time"].isoformat()},
                                     default=str).decode())
         return
     if not active:
@@ -159,7 +146,7 @@ def alerts_active(site: str | None, rack: str | None, since: str, as_json: bool)
     for column in ("severity", "alert", "where", "since", "value", "suppressed by", "summary"):
         table.add_column(column, no_wrap=column != "summary", overflow="fold")
     for r in active:
-        by = ", ".join(by_now[r["fingerprint"]])
+        by = ", ".join(r["suppressed_by"])
         table.add_row(escape(r.get("severity", "")), escape(r["alertname"]), escape(_where(r)),
                       r["_time"].strftime("%Y-%m-%d %H:%M:%S"), f"{r['value']:.4g}", escape(by),
                       escape(r.get("summary") or ""))
