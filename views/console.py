@@ -52,6 +52,24 @@ def _plain(value: Any) -> Any:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if isinstance(value, datetime) else value
 
 
+def sparkline(values: list[float], target: float | None, width: int = 160, height: int = 32) -> dict[str, Any]:
+    """SVG polyline points for a PUE series (oldest first) and the y of the target line, on a
+    scale that holds both."""
+    span = [*values, *([target] if target is not None else [])]
+    if not values:
+        return {"points": "", "target_y": None, "width": width, "height": height}
+    low, high = min(span), max(span)
+    pad = max((high - low) * 0.1, 0.01)
+    low, high = low - pad, high + pad
+
+    def y(v: float) -> float:
+        return round(height - (v - low) / (high - low) * height, 1)
+
+    step = width / max(1, len(values) - 1)
+    points = " ".join(f"{round(i * step, 1)},{y(v)}" for i, v in enumerate(values))
+    return {"points": points, "target_y": y(target) if target is not None else None, "width": width, "height": height}
+
+
 def national(reader: Reader) -> dict[str, Any]:
     sites = []
     for s in reader.national():
@@ -61,7 +79,7 @@ def national(reader: Reader) -> dict[str, Any]:
                       ("within target" if s["target"] is not None and s["pue_now"] is not None else "no target"),
                       "cls": "bad" if over else "ok", "it_kw": _fmt(s["it_kw"], 0, " kW"),
                       "cooling_kw": _fmt(s["cooling_kw"], 0, " kW"), **{k: str(v) for k, v in s["alerts"].items()},
-                      "updated": _plain(s["updated"])})
+                      "updated": _plain(s["updated"]), "trend": sparkline(s["trend"], s["target"])})
     return {"sites": sites}
 
 

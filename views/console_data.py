@@ -23,6 +23,21 @@ COOLING_POWER = {"chiller": "power_kw", "cooling_tower": "fan_power_kw", "dry_co
                  "pump": "power_kw", "cdu": "power_kw", "crah": "fan_power_kw"}
 
 
+def pue_trend(rows: Rows) -> list[float]:
+    """Minute windows (oldest first) -> PUE per 15 minutes (per minute over a run shorter than
+    2 h), each the energy-weighted sum over sum of its minutes."""
+    if not rows:
+        return []
+    span = rows[-1]["_time"] - rows[0]["_time"]
+    step = timedelta(minutes=15) if span > timedelta(hours=2) else timedelta(minutes=1)
+    buckets: dict[int, list[float]] = {}
+    for row in rows:
+        energy = buckets.setdefault(int(row["_time"].timestamp() // step.total_seconds()), [0.0, 0.0])
+        energy[0] += row.get("facility_kwh") or 0.0
+        energy[1] += row.get("it_kwh") or 0.0
+    return [facility / it for _, (facility, it) in sorted(buckets.items()) if it > 0]
+
+
 class Reader:
     """The console's reads, for one pipeline's buckets."""
 
@@ -52,9 +67,11 @@ class Reader:
         alerts = self.active_alerts()
         sites: dict[str, dict[str, Any]] = {}
         for row in pue:
-            site = sites.setdefault(row["site"], {"site": row["site"], "facility": 0.0, "it": 0.0, "last": None})
+            site = sites.setdefault(row["site"], {"site": row["site"], "facility": 0.0, "it": 0.0, "last": None,
+                                                  "rows": []})
             site["facility"] += row.get("facility_kwh") or 0.0
             site["it"] += row.get("it_kwh") or 0.0
+            site["rows"].append(row)
             if row.get("pue") is not None:
                 site["last"] = row
         out = []
@@ -69,6 +86,7 @@ class Reader:
                 "target": model.pue_target if model else None,
                 "it_kw": last["it_kwh"] * 60 if last else None, "cooling_kw": cooling.get(name),
                 "alerts": by_severity, "updated": last["_time"] if last else None,
+                "trend": pue_trend(s["rows"]),
             })
         return out
 

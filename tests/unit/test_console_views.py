@@ -44,7 +44,8 @@ class StandIn:
 
     def national(self):
         return [{"site": "s1", "pue_now": 1.31, "pue_24h": 1.2, "target": 1.25, "it_kw": 100.0, "cooling_kw": 20.0,
-                 "alerts": {"critical": 1, "warning": 0, "info": 0}, "updated": datetime(2026, 7, 1, tzinfo=UTC)}]
+                 "alerts": {"critical": 1, "warning": 0, "info": 0}, "updated": datetime(2026, 7, 1, tzinfo=UTC),
+                 "trend": [1.2, 1.3, 1.31]}]
 
     def floor(self, site):
         return [Hall("h1", "liquid", [Row("r1", [(MARKUP, "c1")])], {"c1": [MARKUP]})]
@@ -72,3 +73,26 @@ def test_pages_escape_what_telemetry_names_and_allow_only_their_own_resources() 
         assert MARKUP not in page.text and "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page.text
     assert client.get("/site/s1?metric=nonsense").status_code == 400
     assert 'src="http' not in national.text and 'href="http' not in national.text
+
+
+def test_a_sparkline_scales_the_series_and_the_target_into_its_box() -> None:
+    from dcpulse.views.console import sparkline
+
+    line = sparkline([1.2, 1.4], 1.3, width=100, height=20)
+    (x0, y0), (x1, y1) = [tuple(map(float, p.split(","))) for p in line["points"].split()]
+    assert (x0, x1) == (0.0, 100.0) and y1 < line["target_y"] < y0  # higher PUE is drawn higher
+    assert 0 <= y1 and y0 <= 20
+    assert sparkline([], None)["points"] == ""
+
+
+def test_the_pue_trend_weighs_minutes_by_energy_and_uses_minutes_for_a_short_run() -> None:
+    from datetime import timedelta
+
+    from dcpulse.views.console_data import pue_trend
+
+    t0 = datetime(2026, 7, 1, tzinfo=UTC)
+    short = [{"_time": t0 + timedelta(minutes=i), "facility_kwh": 1.2 + i * 0.1, "it_kwh": 1.0} for i in range(3)]
+    assert [round(v, 3) for v in pue_trend(short)] == [1.2, 1.3, 1.4]
+    long = [{"_time": t0 + timedelta(minutes=i), "facility_kwh": 2.0 if i < 15 else 1.0, "it_kwh": 1.0 if i < 15 else 0.5}
+            for i in range(180)]
+    assert pue_trend(long) == [2.0] * 12

@@ -44,11 +44,33 @@ function historyRow(withSite) {
   };
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function spark(s) {
+  // Numbers only go into attributes (the server computed them); no text from telemetry here.
+  const td = document.createElement("td");
+  const svg = document.createElementNS(SVG, "svg");
+  const t = s.trend;
+  ["width", "height"].forEach((k) => svg.setAttribute(k, t[k]));
+  svg.setAttribute("viewBox", "0 0 " + t.width + " " + t.height);
+  svg.setAttribute("class", "spark");
+  const line = document.createElementNS(SVG, "line");
+  const y = t.target_y == null ? -1 : t.target_y;
+  [["class", "target"], ["x1", 0], ["x2", t.width], ["y1", y], ["y2", y]].forEach(([k, v]) => line.setAttribute(k, v));
+  const poly = document.createElementNS(SVG, "polyline");
+  poly.setAttribute("class", s.cls);
+  poly.setAttribute("points", t.points);
+  svg.append(line, poly);
+  td.appendChild(svg);
+  return td;
+}
+
 const apply = {
   national(data) {
     fill("sites", data.sites, (tr, s) => {
       linkCell(tr, s.site, "/site/" + encodeURIComponent(s.site));
-      cell(tr, s.pue_now, s.cls); cell(tr, s.pue_24h); cell(tr, s.target); cell(tr, s.verdict, s.cls);
+      cell(tr, s.pue_now, s.cls); cell(tr, s.pue_24h); tr.appendChild(spark(s)); cell(tr, s.target);
+      cell(tr, s.verdict, s.cls);
       [s.it_kw, s.cooling_kw, s.critical, s.warning, s.info].forEach((t) => cell(tr, t));
     }, "No site has results in the last 24 hours.");
   },
