@@ -236,6 +236,11 @@ main.add_command(alerts)
 from dcpulse.views.console_cli import console as console_command  # noqa: E402
 
 main.add_command(console_command)
+from dcpulse.views.query_cli import query  # noqa: E402
+from dcpulse.views.report_cli import report  # noqa: E402
+
+main.add_command(query)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()
