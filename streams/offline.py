@@ -24,12 +24,9 @@ from dcpulse.streams.state import PartitionState
 Record = tuple[int, int | None, bytes | None, bytes | None]  # (partition, Kafka timestamp ms, key, value)
 
 
-def reference_results(records: Iterable[Record], partitions: int, analytics: AnalyticsSettings | None = None,
-                      validation: ValidationSettings | None = None) -> dict[str, AnalyticsPoint]:
-    """Point key -> point for every window the records closed; each partition's records in
-    its order (partitions may interleave: the combiner's result does not depend on it)."""
-    analytics = analytics or AnalyticsSettings()
-    validation = validation or ValidationSettings()
+def partition_outputs(records: Iterable[Record], partitions: int, analytics: AnalyticsSettings,
+                      validation: ValidationSettings, rules: Sequence[Rule] = ()) -> Outputs:
+    """Each partition's stage over its records, in order, from fresh state: all they output."""
     stages: dict[int, PartitionStage] = {}
     offsets: dict[int, int] = {}
     out = Outputs()
@@ -38,9 +35,19 @@ def reference_results(records: Iterable[Record], partitions: int, analytics: Ana
         if stage is None:
             stage = stages[partition] = PartitionStage("raw", partition, partitions,
                                                        new_state(partition, analytics.state_buckets),
-                                                       validation, analytics)
+                                                       validation, analytics, rules)
         offsets[partition] = offset = offsets.get(partition, -1) + 1
         stage.handle(out, offset, timestamp_ms, key, value)
+    return out
+
+
+def reference_results(records: Iterable[Record], partitions: int, analytics: AnalyticsSettings | None = None,
+                      validation: ValidationSettings | None = None) -> dict[str, AnalyticsPoint]:
+    """Point key -> point for every window the records closed; each partition's records in
+    its order (partitions may interleave: the combiner's result does not depend on it)."""
+    analytics = analytics or AnalyticsSettings()
+    validation = validation or ValidationSettings()
+    out = partition_outputs(records, partitions, analytics, validation)
     results = {p.key: p for p in out.results}
     sites: dict[str, SiteState] = {}
     for partial in sorted(out.partials, key=lambda p: (p.site, p.start_ms, p.partition)):
@@ -57,17 +64,7 @@ def reference_alerts(records: Iterable[Record], partitions: int, rules: Sequence
     replay speed and across restarts (which may repeat a transition, never change one)."""
     analytics = analytics or AnalyticsSettings()
     validation = validation or ValidationSettings()
-    stages: dict[int, PartitionStage] = {}
-    offsets: dict[int, int] = {}
-    out = Outputs()
-    for partition, timestamp_ms, key, value in records:
-        stage = stages.get(partition)
-        if stage is None:
-            stage = stages[partition] = PartitionStage("raw", partition, partitions,
-                                                       new_state(partition, analytics.state_buckets),
-                                                       validation, analytics, rules)
-        offsets[partition] = offset = offsets.get(partition, -1) + 1
-        stage.handle(out, offset, timestamp_ms, key, value)
+    out = partition_outputs(records, partitions, analytics, validation, rules)
     sites = SiteStage(0, PartitionState(0, analytics.state_buckets, decode_site_state), analytics, rules,
                       preset_thresholds())
     for offset, partial in enumerate(sorted(out.partials, key=lambda p: (p.site, p.start_ms, p.partition))):

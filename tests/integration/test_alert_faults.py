@@ -23,6 +23,7 @@ from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.alertmanager import AlertmanagerClient
 from dcpulse.sinks.query import flux_string, read_rows
+from tests.unit.test_alerting import FAULT_MATRIX
 from tests.integration.support import (
     expected_transitions,
     isolated,
@@ -33,20 +34,8 @@ from tests.integration.support import (
 
 pytestmark = pytest.mark.integration
 SLOT_MIN, FAULT_MIN = 10, 4
-# (fault kind, rule, entity, detection time in s of event time): docs/alerts.md "Detection times".
-MATRIX = [
-    ("cdu_pump_failure", "cdu_pump_redundancy_lost", "cdu-h1-01", 10),
-    ("coolant_leak", "coolant_leak", "leak-cdu-h1-01", 10),
-    ("filter_clog", "cdu_differential_pressure_high", "cdu-h1-01", 240),
-    ("chiller_trip", "chiller_stopped_while_needed", "chiller-1", 80),
-    ("hot_spot", "rack_inlet_above_a2_allowable", "h1-r01-k01-s01", 80),
-    ("stuck_sensor", "server_sensor_stuck", "h1-r01-k01-s01", 140),
-    ("sensor_dropout", "device_not_reporting", "h1-r01-k01-s01", 50),
-    ("clock_skew", "device_clock_ahead", "h1-r01-k01-s01", 30),
-    ("counter_reset", "energy_register_went_back", "pdu-h1-r01-k01", 10),
-    ("malformed", "agent_dead_letters", "facility", 90),
-]
-LAST = len(MATRIX)  # the pump failure left running at the end, in this slot
+
+LAST = len(FAULT_MATRIX)  # the pump failure left running at the end, in this slot
 MINUTES = SLOT_MIN * LAST + 4
 
 
@@ -72,7 +61,7 @@ def _alert_log(settings: Settings, since: datetime) -> list[dict]:
 @pytest.fixture(scope="module")
 def run(services: LocalServices, settings: Settings, tmp_path_factory: pytest.TempPathFactory):
     start = _afternoon()
-    faults = [f"{kind}:small@{1 + SLOT_MIN * slot}m+{FAULT_MIN}m" for slot, (kind, *_) in enumerate(MATRIX)]
+    faults = [f"{kind}:small@{1 + SLOT_MIN * slot}m+{FAULT_MIN}m" for slot, (kind, *_) in enumerate(FAULT_MATRIX)]
     faults.append(f"cdu_pump_failure:small@{1 + SLOT_MIN * LAST}m+30m")
     tmp = tmp_path_factory.mktemp("alert-faults")
     recording, topic, expected = simulate_and_record(services, settings, tmp, start, MINUTES, faults)
@@ -94,8 +83,8 @@ def test_the_live_transitions_equal_the_offline_reference(run) -> None:
     assert transitions == reference
 
 
-@pytest.mark.parametrize("slot, kind, rule, entity, within_s", [(i, *row) for i, row in enumerate(MATRIX)],
-                         ids=[row[0] for row in MATRIX])
+@pytest.mark.parametrize("slot, kind, rule, entity, within_s", [(i, *row) for i, row in enumerate(FAULT_MATRIX)],
+                         ids=[row[0] for row in FAULT_MATRIX])
 def test_each_fault_raises_its_alert_on_its_entity_in_time_and_resolves(run, slot, kind, rule, entity,
                                                                         within_s) -> None:
     start, _, _, log, _ = run

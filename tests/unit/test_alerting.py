@@ -153,10 +153,10 @@ def test_alerts_rules_names_the_rule_at_fault(tmp_path) -> None:
 AFTERNOON = T0 + timedelta(hours=14)  # the small site's chiller trims the tower's free cooling then
 
 
-# Each of the simulator's ten fault kinds, at its default target, 10 simulated minutes from 14:00
-# with the fault from minute 1 to minute 5: (rule, entity) that must fire, and by when (seconds of
-# event time after the fault starts; docs/alerts.md "Detection times").
-@pytest.mark.parametrize("fault, rule, entity, within_s", [
+# Each of the simulator's ten fault kinds at its default target, on the small site from 14:00:
+# (fault, rule, entity) that must fire, and by when (seconds of event time after the fault
+# starts; docs/alerts.md "Detection times"). The real-server fault matrix uses the same table.
+FAULT_MATRIX = [
     ("cdu_pump_failure", "cdu_pump_redundancy_lost", "cdu-h1-01", 10),
     ("coolant_leak", "coolant_leak", "leak-cdu-h1-01", 10),
     ("filter_clog", "cdu_differential_pressure_high", "cdu-h1-01", 240),
@@ -167,7 +167,11 @@ AFTERNOON = T0 + timedelta(hours=14)  # the small site's chiller trims the tower
     ("clock_skew", "device_clock_ahead", "h1-r01-k01-s01", 30),
     ("counter_reset", "energy_register_went_back", "pdu-h1-r01-k01", 10),
     ("malformed", "agent_dead_letters", "facility", 90),
-])
+]
+
+
+# 10 simulated minutes from 14:00 with the fault from minute 1 to minute 5.
+@pytest.mark.parametrize("fault, rule, entity, within_s", FAULT_MATRIX, ids=[row[0] for row in FAULT_MATRIX])
 def test_each_fault_kind_raises_its_alert_on_its_entity_in_time_and_resolves(tmp_path, fault: str, rule: str,
                                                                             entity: str, within_s: float) -> None:
     path = _recording(tmp_path, [f"{fault}:small@1m+4m"], AFTERNOON, 600.0)
