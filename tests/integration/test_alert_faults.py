@@ -23,7 +23,6 @@ from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.alertmanager import AlertmanagerClient
 from dcpulse.sinks.query import flux_string, read_rows
-from tests.unit.test_alerting import FAULT_MATRIX
 from tests.integration.support import (
     expected_transitions,
     isolated,
@@ -31,10 +30,10 @@ from tests.integration.support import (
     simulate_and_record,
     wait_for_results,
 )
+from tests.unit.test_alerting import FAULT_MATRIX
 
 pytestmark = pytest.mark.integration
 SLOT_MIN, FAULT_MIN = 10, 4
-
 LAST = len(FAULT_MATRIX)  # the pump failure left running at the end, in this slot
 MINUTES = SLOT_MIN * LAST + 4
 
