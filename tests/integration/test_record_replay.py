@@ -50,7 +50,7 @@ Row = tuple[bytes | None, bytes | None, int, tuple[tuple[str, bytes], ...]]
 def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, str]]:
     """Fresh source, destination and paced-replay topics, deleted afterwards."""
     suffix = uuid.uuid4().hex[:10]
-    roles = ("source", "dest", "paced", "spread-src", "spread-dst", "live", "cli-src", "cli-dst")
+    roles = ("source", "dest", "paced", "spread-src", "spread-dst", "live", "cli-src", "cli-dst", "snappy")
     names = {role: f"dcpulse-test.{role}.{suffix}" for role in roles}
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
     admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
@@ -81,9 +81,9 @@ def make_topic(services: LocalServices, settings: Settings) -> Iterator[Callable
         admin.close()
 
 
-def _produce(settings: Settings, topic: str, rows: list[Row]) -> None:
+def _produce(settings: Settings, topic: str, rows: list[Row], compression: str | None = None) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
-                             enable_idempotence=True)
+                             enable_idempotence=True, compression_type=compression)
     futures = [producer.send(topic, key=key, value=value, timestamp_ms=ts, headers=list(headers))
                for key, value, ts, headers in rows]
     producer.flush(timeout=30)
@@ -407,3 +407,16 @@ def test_a_v1_recording_is_converted_on_replay(
         marks = [Watermark.model_validate_json(v) for _, k, v in sequence if k.endswith(b"/~watermark")]
         assert sorted((m.site, m.ts.timestamp() * 1000) for m in marks) == sorted(
             (site, base + tick * 10_000 - 1_000) for site in ("alpha", "beta") for tick in (1, 2, 3))
+
+
+@pytest.mark.parametrize("codec", ["snappy", "lz4", "zstd", "gzip"])
+def test_records_any_producer_compressed_are_recorded(topics: dict[str, str], settings: Settings, tmp_path: Path,
+                                                      codec: str) -> None:
+    """Other producers pick their own codec; `record` read none of snappy's before (no codec library)."""
+    base = int(time.time() * 1000) - 5_000
+    rows = [(KEYS[i % 4], b"%s-%d" % (codec.encode(), i), base + i, ()) for i in range(12)]
+    _produce(settings, topics["snappy"], rows, compression=codec)
+    path = tmp_path / f"{codec}.jsonl.gz"
+    stats = record(settings.kafka.bootstrap, [topics["snappy"]], path, idle_timeout_s=3.0)
+    values = {m.value for m in iter_recording(path)}
+    assert {value for _, value, _, _ in rows} <= values and stats.records == len(values)
