@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def parse_fault(text: str, default_site: str) -> FaultSpec:
 def current_minute() -> datetime:
     """Live runs start now (so raw data lands inside InfluxDB's retention), floored to the minute."""
     return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+def resolve_start(start: str | None, scenario_file: Path | None, now: datetime) -> datetime | None:
+    """The simulated start `simulate` runs from: `--start` (an RFC 3339 time, or 'now'); without
+    one, the scenario file's `start` if it sets one; otherwise now (live runs land inside
+    InfluxDB's retention). None: the file's own start applies."""
+    if start == "now":
+        return now
+    if start is not None:
+        at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        if at.tzinfo is None:
+            raise ValueError("--start needs a time zone, e.g. 2026-07-01T00:00:00Z")
+        return at
+    if scenario_file is not None and "start" in tomllib.loads(scenario_file.read_text()):
+        return None
+    return now
 
 
 def build_scenario(presets: list[str], scenario_file: Path | None, faults: list[str],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -14,7 +13,7 @@ from rich.table import Table
 from dcpulse.cliutil import console, load_settings, say
 from dcpulse.producers.replay_order import parse_speed
 from dcpulse.producers.run import RunStats, parse_duration, run_scenario, truths
-from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario, current_minute
+from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario, current_minute, resolve_start
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.producers.sitemodel import load_preset, preset_names
 
@@ -70,13 +69,8 @@ def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: st
     try:
         duration_s = parse_duration(duration)
         pace = parse_speed(speed)
-        if start is None and scenario_file is None or start == "now":
-            start_at: datetime | None = current_minute()
-        else:
-            start_at = datetime.fromisoformat(start.replace("Z", "+00:00")) if start else None
-            if start_at is not None and start_at.tzinfo is None:
-                raise ValueError("--start needs a time zone, e.g. 2026-07-01T00:00:00Z")
-        scenario = build_scenario(list(presets_), scenario_file, list(faults), seed, start_at)
+        scenario = build_scenario(list(presets_), scenario_file, list(faults), seed,
+                                  resolve_start(start, scenario_file, current_minute()))
         sim = ScenarioSimulator(scenario)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
