@@ -116,11 +116,11 @@ def parse_record(raw: bytes | None, key: bytes | None, max_message_bytes: int = 
     if key != agent_key(batch.site, batch.agent).encode():
         return _wrong_key(key, batch.site, batch.agent)
     samples: list[Sample | Rejection] = list(batch.samples)
-    absurd = [i for i, s in enumerate(batch.samples) if absurd_values(s.metrics)]
-    if not absurd:
+    refused = [(i, rejection) for i, s in enumerate(batch.samples) if (rejection := _metric_problem(s.metrics))]
+    if not refused:
         return ParsedBatch(batch.site, batch.agent, samples, None)
-    for i in absurd:
-        samples[i] = Rejection(ABSURD_VALUE, "; ".join(absurd_values(batch.samples[i].metrics))[:1000])
+    for i, rejection in refused:
+        samples[i] = rejection
     return ParsedBatch(batch.site, batch.agent, samples, orjson.loads(raw)["samples"])
 
 
@@ -154,8 +154,24 @@ def parse_sample(item: Any) -> Sample | Rejection:
         sample = Sample.model_validate(item)
     except ValidationError as exc:
         return _contract_rejection(exc)
-    absurd = absurd_values(sample.metrics)
-    return Rejection(ABSURD_VALUE, "; ".join(absurd)[:1000]) if absurd else sample
+    return _metric_problem(sample.metrics) or sample
+
+
+def _metric_problem(metrics: dict[str, float]) -> Rejection | None:
+    """A contract-valid sample's metrics that InfluxDB would mangle (reserved names) or that no
+    real device reads (absurd values)."""
+    if reserved := reserved_metric_names(tuple(metrics)):
+        return Rejection(INVALID_FIELDS, "; ".join(f"metrics.{name}: reserved by InfluxDB (`_field`, `_measurement`, "
+                                                   "`time` and every name starting with `_`)" for name in reserved))
+    if absurd := absurd_values(metrics):
+        return Rejection(ABSURD_VALUE, "; ".join(absurd)[:1000])
+    return None
+
+
+@lru_cache(maxsize=4096)
+def reserved_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Names InfluxDB keeps for itself as field keys (per message layout, so cached)."""
+    return tuple(name for name in names if name.startswith("_") or name == "time")
 
 
 def _wrong_key(key: bytes | None, site: str, agent: str) -> Rejection:

@@ -166,6 +166,12 @@ def test_oversize_is_checked_before_parsing_and_the_limit_is_a_parameter() -> No
         (sample(metrics={"bad name": 1.0}), "invalid_fields", "metrics"),
         (sample(metrics={"power_kw": -1.0}), "absurd_value", "metrics.power_kw"),
         (sample(metrics={"inlet_c": 451.0}), "absurd_value", "metrics.inlet_c"),
+        # Field keys InfluxDB keeps for itself: stored oddly or not at all before.
+        (sample(metrics={"power_kw": 1.0, "_field": 2.0}), "invalid_fields", "metrics._field: reserved"),
+        (sample(metrics={"_measurement": 2.0}), "invalid_fields", "metrics._measurement: reserved"),
+        (sample(metrics={"time": 2.0}), "invalid_fields", "metrics.time: reserved"),
+        (sample(metrics={"_anything": 2.0}), "invalid_fields", "metrics._anything: reserved"),
+        (sample(metrics={"_field": -1.0}), "invalid_fields", "reserved"),  # before its absurd value
     ],
 )
 def test_a_bad_sample_is_rejected_alone_with_its_reason(item: Any, reason: str, detail: str) -> None:
@@ -473,3 +479,11 @@ def _has_big_int(doc: object) -> bool:
     if isinstance(doc, list):
         return any(_has_big_int(v) for v in doc)
     return False
+
+
+def test_a_reserved_metric_name_is_refused_on_the_slow_path_too() -> None:
+    """A batch with another bad sample is parsed sample by sample: the reserved name is caught there as well."""
+    outcome = parse_record(batch(SERVER, sample(metrics={"time": 1.0}), sample(seq="x")), KEY)
+    assert isinstance(outcome, ParsedBatch)
+    assert [getattr(s, "reason", None) for s in outcome.samples] == [None, "invalid_fields", "wrong_type"]
+    assert "metrics.time: reserved" in outcome.samples[1].detail  # type: ignore[union-attr]
