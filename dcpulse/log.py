@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -53,6 +54,36 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     # Library loggers (kafka-python, aiokafka, faust) go through stdlib logging: keep them
     # at WARNING so they do not drown our events, and on stderr like ours.
     logging.basicConfig(stream=sys.stderr, level=max(numeric_level, logging.WARNING))
+
+
+class RepeatLimiter(logging.Filter):
+    """For library loggers (Kafka clients during a broker outage log the same error many times
+    a second): the first record of a kind passes, its repeats within `window_s` are counted,
+    and the next one after the window passes with how many were held back. A kind is the
+    logger, the level and the unformatted message."""
+
+    def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.clock = clock
+        self.seen: dict[tuple[str, int, str], list[float | int]] = {}  # kind -> [last passed at, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("dcpulse") or record.levelno < logging.WARNING:
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        entry = self.seen.get(kind)
+        if entry is None:
+            self.seen[kind] = [now, 0]
+            return True
+        if now - entry[0] < self.window_s:
+            entry[1] += 1
+            return False
+        if entry[1]:
+            record.msg = f"{record.msg} (and {entry[1]} more like it in the last {now - entry[0]:.0f} s)"
+        self.seen[kind] = [now, 0]
+        return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -31,7 +31,7 @@ from kafka import TopicPartition
 
 from dcpulse.contract import AnalyticsPoint
 from dcpulse.kafka_clients import consumer
-from dcpulse.log import get_logger
+from dcpulse.log import RepeatLimiter, get_logger
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
 from dcpulse.producers.sitemodel import preset_thresholds
@@ -253,8 +253,16 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     run_faust_worker(create_app(settings), loglevel)
 
 
+class Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        limiter = RepeatLimiter()  # a broker outage: say it once, then how often, not 800 times
+        for handler in logger.handlers:
+            handler.addFilter(limiter)
+
+
 def run_faust_worker(app: faust.App, loglevel: str = "warning") -> None:
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = Worker(app, loglevel=loglevel, quiet=True)
     # faust.Worker turns the root logger to DEBUG for its spinner; the libraries' debug calls on
     # every request then build records nobody prints (10 % of the worker's CPU, measured).
     for name in ("aiokafka", "faust", "mode", "kafka"):
