@@ -7,7 +7,6 @@ and the inhibit rules the alert rules' topology implies.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -125,9 +124,7 @@ class AlertmanagerServer:
             "--cluster.listen-address=",  # empty: no gossip listener on 0.0.0.0:9094
             "--log.level=info",
         ]
-        # `env -i` execs the server with only these variables: it never sees our tokens.
-        minimal_env = [f"PATH={os.environ.get('PATH', '/usr/bin:/bin')}", f"HOME={os.environ.get('HOME', '/')}"]
-        return self.process.start(["env", "-i", *minimal_env, *argv], cwd=self.state, log_file=self.log_file)
+        return self.process.start(argv, cwd=self.state, log_file=self.log_file)
 
     def reload(self) -> None:
         """Make the running server re-read its config file; raise with its answer if it refuses."""

@@ -11,6 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+# What a server may see of ours: where programs and Java are, home, locale, time zone. Nothing
+# else: our environment can hold tokens (DCPULSE_INFLUX__*_TOKEN) no server needs.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "JAVA_HOME")
+
+
+def server_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in INHERITED if name in os.environ}
+
+
 @dataclass(frozen=True)
 class ManagedProcess:
     """A server process we own: its PID file and a string that must be in its command line.
@@ -41,7 +50,8 @@ class ManagedProcess:
         log_file: Path,
         env: Mapping[str, str] | None = None,
     ) -> int:
-        """Launch argv in its own session (so a Ctrl-C in our terminal does not reach it)."""
+        """Launch argv in its own session (so a Ctrl-C in our terminal does not reach it), with
+        `server_environment()` and `env` only."""
         log_file.parent.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
         with open(log_file, "ab") as log:
@@ -51,7 +61,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
+                env={**server_environment(), **(env or {})},
                 start_new_session=True,
             )
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)

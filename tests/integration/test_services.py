@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from influxdb_client import InfluxDBClient, Point
@@ -14,6 +16,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from dcpulse.services.manager import LocalServices
 from dcpulse.services.topics import topic_specs
 from dcpulse.settings import Settings
+from tests.integration.support import isolated
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +103,25 @@ def test_admin_token_not_in_any_log(services: LocalServices) -> None:
         text = path.read_text(errors="replace")
         for secret in (creds.admin_token, creds.write_token, creds.read_token, creds.admin_password):
             assert secret not in text
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def test_a_server_restarted_while_tokens_are_in_our_environment_inherits_none(
+        services: LocalServices, settings: Settings) -> None:
+    """The sandbox puts the admin token in the environment (DCPULSE_INFLUX__WRITE_TOKEN); a server
+    (re)started meanwhile got a copy of it, readable with `ps eww`."""
+    admin = services.credentials().admin_token
+    with isolated(services, settings, "env"):
+        assert admin in os.environ.values()
+        services.down(lambda _m: None, only=["influxdb"])
+        services.up(lambda _m: None)
+    for row in services.status():
+        if row.pid is None:
+            continue
+        environ = _environ(row.pid)
+        assert not [k for k in environ if k.startswith("DCPULSE_")], f"{row.name}: {sorted(environ)}"
+        assert admin not in environ.values(), row.name
