@@ -189,7 +189,8 @@ class AlertmanagerSettings(BaseModel):
     group_wait_s: float = Field(30.0, ge=0)
     group_interval_s: float = Field(300.0, gt=0)
     repeat_interval_s: float = Field(14_400.0, gt=0)
-    webhook_url: str | None = Field(None, description="The receiver's webhook (e.g. an on-call tool); "
+    # A secret: on-call tools put their credential in the webhook's URL.
+    webhook_url: SecretStr | None = Field(None, description="The receiver's webhook (e.g. an on-call tool); "
                                                       "none: notifications stay in Alertmanager")
 
     @property

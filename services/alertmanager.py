@@ -48,7 +48,7 @@ def render_config(settings: AlertmanagerSettings, inhibitions: list[Inhibition])
     accelerator alerts it causes notify as one group."""
     receiver: dict[str, object] = {"name": "operators"}
     if settings.webhook_url:
-        receiver["webhook_configs"] = [{"url": settings.webhook_url, "send_resolved": True}]
+        receiver["webhook_configs"] = [{"url": settings.webhook_url.get_secret_value(), "send_resolved": True}]
     config = {
         "route": {
             "receiver": "operators",
@@ -112,6 +112,8 @@ class AlertmanagerServer:
     def configure(self, inhibitions: list[Inhibition]) -> None:
         """Write the config; a running server picks it up on `reload()`."""
         self.state.mkdir(parents=True, exist_ok=True)
+        self.config_file.touch(mode=0o600)  # a webhook URL may carry a credential
+        self.config_file.chmod(0o600)
         self.config_file.write_text(render_config(self.settings, inhibitions))
 
     def start(self) -> int:
