@@ -1,7 +1,8 @@
-"""An isolated pipeline on the shared local servers: its own topic prefix and its own raw and
-analytics buckets, for tests and benchmarks that must not see (or disturb) anyone else's data.
-Settings reach the pipeline's child processes through the environment, so the context sets
-DCPULSE_* variables for its duration and restores them after."""
+"""An isolated pipeline on the shared local servers: its own topic prefix, its own raw, analytics
+and alerts buckets and its own least-privilege tokens (write-only and read-only on those buckets,
+as onboarding mints for the standard ones), for tests and benchmarks that must not see (or
+disturb) anyone else's data. Settings reach the pipeline's child processes through the
+environment, so the context sets DCPULSE_* variables for its duration and restores them after."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 from influxdb_client import InfluxDBClient
 from kafka import KafkaAdminClient
 
+from dcpulse.services.onboarding import bucket_permissions
 from dcpulse.services.topics import ensure_topics, topic_specs
 from dcpulse.settings import Settings
+
+
+def _admin(base: Settings, admin_token: str) -> httpx.Client:
+    return httpx.Client(base_url=base.influx.url, headers={"Authorization": f"Token {admin_token}"}, timeout=10.0)
 
 
 @contextmanager
@@ -25,10 +32,15 @@ def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
     with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
         created = [client.buckets_api().create_bucket(bucket_name=f"{bucket}_{kind}", org=base.influx.org)
                    for kind in ("raw", "analytics", "alerts")]
+    org_id, ids = created[0].org_id, [b.id for b in created]
+    with _admin(base, admin_token) as http:
+        tokens = {access: http.post("/api/v2/authorizations", json={
+                      "orgID": org_id, "description": f"{prefix}: {access}-only",
+                      "permissions": bucket_permissions((access,), org_id, ids)}).raise_for_status().json()
+                  for access in ("write", "read")}
     env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
            "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw", "DCPULSE_INFLUX__BUCKETS__ALERTS": f"{bucket}_alerts",
-           # The scoped tokens cover only the standard buckets; these buckets are the admin's.
-           "DCPULSE_INFLUX__WRITE_TOKEN": admin_token, "DCPULSE_INFLUX__READ_TOKEN": admin_token}
+           "DCPULSE_INFLUX__WRITE_TOKEN": tokens["write"]["token"], "DCPULSE_INFLUX__READ_TOKEN": tokens["read"]["token"]}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -41,6 +53,9 @@ def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        with _admin(base, admin_token) as http:
+            for authorization in tokens.values():
+                http.delete(f"/api/v2/authorizations/{authorization['id']}").raise_for_status()
         with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
             for bucket_obj in created:
                 client.buckets_api().delete_bucket(bucket_obj)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -111,17 +110,37 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def test_a_server_restarted_while_tokens_are_in_our_environment_inherits_none(
-        services: LocalServices, settings: Settings) -> None:
-    """The sandbox puts the admin token in the environment (DCPULSE_INFLUX__WRITE_TOKEN); a server
-    (re)started meanwhile got a copy of it, readable with `ps eww`."""
+        services: LocalServices, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokens reach dcpulse's processes through the environment (the sandbox used to put the
+    admin token there); a server (re)started meanwhile got a copy, readable with `ps eww`."""
     admin = services.credentials().admin_token
-    with isolated(services, settings, "env"):
-        assert admin in os.environ.values()
-        services.down(lambda _m: None, only=["influxdb"])
-        services.up(lambda _m: None)
+    monkeypatch.setenv("DCPULSE_INFLUX__WRITE_TOKEN", admin)
+    services.down(lambda _m: None, only=["influxdb"])
+    services.up(lambda _m: None)
     for row in services.status():
         if row.pid is None:
             continue
         environ = _environ(row.pid)
         assert not [k for k in environ if k.startswith("DCPULSE_")], f"{row.name}: {sorted(environ)}"
         assert admin not in environ.values(), row.name
+
+
+def test_a_sandbox_runs_on_its_own_least_privilege_tokens(services: LocalServices, settings: Settings) -> None:
+    """Tests and benchmarks give their pipeline write-only and read-only tokens of their own buckets:
+    never the admin token (which can do anything, delete included)."""
+    admin = services.credentials().admin_token
+    with isolated(services, settings, "tokens") as sandboxed:
+        write, read = (sandboxed.influx.write_token.get_secret_value(), sandboxed.influx.read_token.get_secret_value())
+        assert admin not in (write, read)
+        with _client(sandboxed, write) as client:
+            client.write_api(write_options=SYNCHRONOUS).write(sandboxed.influx.buckets.raw,
+                                                              record=Point("token_check").field("v", 1.0))
+            with pytest.raises(ApiException) as elsewhere:  # the standard bucket is not its to write
+                client.write_api(write_options=SYNCHRONOUS).write(settings.influx.buckets.raw,
+                                                                  record=Point("token_check").field("v", 1.0))
+        assert elsewhere.value.status in (401, 403, 404)
+        with _client(sandboxed, read) as client:
+            assert client.query_api().query(f'from(bucket: "{sandboxed.influx.buckets.raw}") |> range(start: -1h)')
+            with pytest.raises(ApiException):
+                client.write_api(write_options=SYNCHRONOUS).write(sandboxed.influx.buckets.raw,
+                                                                  record=Point("token_check").field("v", 1.0))
