@@ -34,6 +34,17 @@ def stop_children(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 30.
             proc.wait()
 
 
+# The InfluxDB tokens a stage is given (the others are kept out of its environment): the stream
+# workers touch no InfluxDB; the sink writes; anything else gets none.
+TOKEN_VARS = ("DCPULSE_INFLUX__WRITE_TOKEN", "DCPULSE_INFLUX__READ_TOKEN")
+TOKENS_NEEDED = {"streams": (), "sink": ("DCPULSE_INFLUX__WRITE_TOKEN",)}
+
+
+def stage_environment(env: dict[str, str], command: str) -> dict[str, str]:
+    needed = TOKENS_NEEDED.get(command, ())
+    return {k: v for k, v in env.items() if k not in TOKEN_VARS or k in needed}
+
+
 class PipelineProcesses:
     """The running stages by name: `streams-1` .. `streams-N`, `sink`."""
 
@@ -47,7 +58,8 @@ class PipelineProcesses:
         self.logs[name] = self.log_dir / f"{name}.log"
         with open(self.logs[name], "ab") as out:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "dcpulse.cli", command], stdout=out,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                env=stage_environment(self.env, command))
 
     def kill(self, name: str) -> None:
         """kill -9: no goodbye, no commit."""

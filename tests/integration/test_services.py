@@ -12,6 +12,7 @@ from influxdb_client.rest import ApiException
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
 from dcpulse.services.topics import topic_specs
 from dcpulse.settings import Settings
@@ -144,3 +145,11 @@ def test_a_sandbox_runs_on_its_own_least_privilege_tokens(services: LocalService
             with pytest.raises(ApiException):
                 client.write_api(write_options=SYNCHRONOUS).write(sandboxed.influx.buckets.raw,
                                                                   record=Point("token_check").field("v", 1.0))
+
+
+def test_pipeline_stages_get_only_the_tokens_they_need(services: LocalServices, settings: Settings,
+                                                       tmp_path: Path) -> None:
+    with isolated(services, settings, "stage-env") as sandboxed, running_pipeline(sandboxed, log_dir=tmp_path) as pipe:
+        worker, sink = _environ(pipe.procs["streams-1"].pid), _environ(pipe.procs["sink"].pid)
+    assert not {"DCPULSE_INFLUX__WRITE_TOKEN", "DCPULSE_INFLUX__READ_TOKEN"} & worker.keys()
+    assert "DCPULSE_INFLUX__WRITE_TOKEN" in sink and "DCPULSE_INFLUX__READ_TOKEN" not in sink
