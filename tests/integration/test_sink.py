@@ -45,7 +45,7 @@ def landed(settings: Settings, bucket: str, since: datetime) -> set[str]:
     """The devices (or, without a device tag, the measurements) in `bucket` since a minute before `since`."""
     query = (f"from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(since - timedelta(minutes=1))})"
              ' |> filter(fn: (r) => r._field == "seq" or r._measurement == "pue")')
-    token = settings.influx.write_token.get_secret_value()  # the sandbox's admin token
+    token = settings.influx.read_token.get_secret_value()  # the sandbox's read-only token
     return {row.get("device") or row["_measurement"] for row in read_rows(settings.influx.url, token,
                                                                           settings.influx.org, query)}
 
