@@ -90,8 +90,8 @@ def site(reader: Reader, name: str, metric: str) -> dict[str, Any]:
     racks = {rack: {"value": _fmt(v, digits, f" {unit}" if unit else "") if metric != "alert" else
                     {0: "", 1: "info", 2: "warning", 3: "critical"}.get(int(v), ""), "cls": colour(metric, v)}
              for rack, v in values.items()}
-    top = hottest(reader.rack_values(name, "inlet")) if metric != "inlet" else hottest(values)
-    inlet = values if metric == "inlet" else reader.rack_values(name, "inlet")
+    inlet = values if metric == "inlet" else reader.rack_values(name, "inlet")  # read once
+    top = hottest(inlet)
     return {"metric": metric, "label": label, "racks": racks,
             "hottest": {"rack": top, "inlet": _fmt(inlet.get(top), 1, " °C") if top else "-"},
             "alerts": _alerts(reader.active_alerts(name))}

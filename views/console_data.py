@@ -15,6 +15,7 @@ from dcpulse.settings import Settings
 from dcpulse.sinks.query import alert_log_query, flux_string, flux_time, read_rows
 from dcpulse.streams.alertbook import active_from_log
 from dcpulse.streams.alertrules import Inhibition
+from dcpulse.streams.windows import cdu_heat_kw
 from dcpulse.views.floor import SEVERITY_RANK, Hall, floor_from_model, floor_from_racks
 
 Rows = list[dict[str, Any]]
@@ -143,8 +144,8 @@ class Reader:
             ' |> last() |> pivot(rowKey: ["device"], columnKey: ["_field"], valueColumn: "_value")')
         ratio = {}
         for r in rows:
-            if r.get("capacity_kw") and r.get("flow_l_min") is not None:
-                heat = r["flow_l_min"] / 60.0 * 4186.0 * (r["return_c"] - r["supply_c"]) / 1000.0
+            measured = {k: v for k, v in r.items() if v is not None}  # pivot leaves missing fields None
+            if r.get("capacity_kw") and (heat := cdu_heat_kw(measured)) is not None:
                 ratio[r["device"]] = heat / r["capacity_kw"]
         return {rack: ratio[cdu] for hall in self.floor(site) for cdu, racks in hall.cdus.items() if cdu in ratio
                 for rack in racks}
