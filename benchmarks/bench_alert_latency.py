@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
@@ -52,7 +53,7 @@ def measure(base: Settings, admin_token: str, seconds: float) -> tuple[dict[str,
             running_pipeline(settings) as pipeline, AlertmanagerClient(settings.alertmanager.url) as am:
         start = datetime.now(UTC)  # agent clocks on the wall clock: event time = publish time
         sim = ScenarioSimulator(build_scenario(["small"], None, FAULTS, 7, start))
-        publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+        publisher = TelemetryPublisher(access(settings, "agent"), settings.topics.telemetry)
         thread = threading.Thread(target=run_scenario,
                                   args=(sim, seconds, 1.0, publisher.publish_raw, publisher.broadcast))
         thread.start()

@@ -22,6 +22,8 @@ import threading
 import time
 from datetime import datetime
 
+from dcpulse.services.onboarding import influx_token
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import RunStats, run_scenario
@@ -37,7 +39,7 @@ def newest_sample(settings: Settings, site: str, since: datetime) -> datetime | 
     query = (f"from(bucket: {flux_string(settings.influx.buckets.raw)}) |> range(start: {flux_time(since)}, stop: 2100-01-01T00:00:00Z)"
              f' |> filter(fn: (r) => r._measurement == "facility_meter" and r.site == {flux_string(site)}'
              ' and r._field == "energy_kwh") |> last()')
-    rows = read_rows(settings.influx.url, settings.influx.read_token.get_secret_value(), settings.influx.org, query)
+    rows = read_rows(settings.influx.url, influx_token(settings, "read"), settings.influx.org, query)
     return rows[-1]["_time"] if rows else None
 
 
@@ -53,7 +55,7 @@ def run_speed(base: Settings, admin_token: str, preset: str, speed: float, secon
         start = current_minute()
         sim = ScenarioSimulator(build_scenario([preset], None, [], 7, start))
         site = sim.sites[0].site.name
-        publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+        publisher = TelemetryPublisher(access(settings, "agent"), settings.topics.telemetry)
         stats_box: list[RunStats] = []
         wall0 = time.monotonic()
         thread = threading.Thread(target=lambda: stats_box.append(

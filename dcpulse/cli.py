@@ -129,11 +129,11 @@ def topics_list() -> None:
 
 @topics.command("create")
 def topics_create() -> None:
-    """Create the missing topics on the configured cluster (`services up` does this too)."""
-    from dcpulse.services.topics import ensure_topics, topic_specs
+    """Create the missing topics and the roles' ACLs on the configured cluster (`services up`
+    does this too)."""
+    from dcpulse.services.topics import provision_pipeline
 
-    settings = load_settings()
-    created = ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+    created = provision_pipeline(load_settings())
     say(f"created: {', '.join(created)}" if created else "all topics already exist")
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from dcpulse.contract import DeviceKind, Sample, TelemetryBatch, utc_now
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.services.onboarding import influx_token
@@ -27,7 +28,7 @@ def demo_record() -> TelemetryBatch:
 
 
 def publish(settings: Settings, record: TelemetryBatch) -> None:
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+    publisher = TelemetryPublisher(access(settings, "agent"), settings.topics.telemetry)
     try:
         publisher.publish(record)
     finally:
@@ -82,7 +83,7 @@ def run_small_site(settings: Settings, minutes: int = 8, say: Callable[[str], No
     # the last minute or two of the run close.
     expected_last = start + timedelta(minutes=minutes - 2)
     with running_pipeline(settings) as pipeline:
-        publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry)
+        publisher = TelemetryPublisher(access(settings, "agent"), settings.topics.telemetry)
         stats = run_scenario(sim, minutes * 60.0, None, publisher.publish_raw, publisher.broadcast)
         publisher.close()
         say(f"published {stats.samples:,} samples in {stats.messages:,} agent batches of {minutes} simulated minutes "

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from dcpulse import kafka_clients
 from dcpulse.settings import Settings
 
 
@@ -34,10 +34,10 @@ def stop_children(procs: Iterable[subprocess.Popen[bytes]], grace_s: float = 30.
             proc.wait()
 
 
-# The InfluxDB tokens a stage is given (the others are kept out of its environment): the stream
-# workers touch no InfluxDB; the sink writes; anything else gets none.
-TOKEN_VARS = ("DCPULSE_INFLUX__WRITE_TOKEN", "DCPULSE_INFLUX__READ_TOKEN")
-TOKENS_NEEDED = {"streams": (), "sink": ("DCPULSE_INFLUX__WRITE_TOKEN",)}
+# Which InfluxDB token files a stage is told of (the others are kept out of its environment): the
+# stream workers touch no InfluxDB; the sink writes; anything else gets none.
+TOKEN_VARS = ("DCPULSE_INFLUX__WRITE_TOKEN_FILE", "DCPULSE_INFLUX__READ_TOKEN_FILE")
+TOKENS_NEEDED = {"streams": (), "sink": ("DCPULSE_INFLUX__WRITE_TOKEN_FILE",)}
 
 
 def stage_environment(env: dict[str, str], command: str) -> dict[str, str]:
@@ -104,7 +104,7 @@ def wait_for_group(settings: Settings, group: str, members: int, check: Callable
     met by the start-up rebalances; raises TimeoutError naming the group's state."""
     # kafka-python cannot decode Faust's own assignor metadata and warns with a page of bytes.
     logging.getLogger("kafka.admin._groups").setLevel(logging.ERROR)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-pipeline")
+    admin = kafka_clients.admin(kafka_clients.access(settings, "admin"), "dcpulse-pipeline")
     try:
         deadline = time.monotonic() + timeout_s
         found: dict = {}

@@ -1,22 +1,24 @@
-"""An isolated pipeline on the shared local servers: its own topic prefix, its own raw, analytics
-and alerts buckets and its own least-privilege tokens (write-only and read-only on those buckets,
-as onboarding mints for the standard ones), for tests and benchmarks that must not see (or
+"""An isolated pipeline on the shared local servers: its own topic prefix (with the roles' Kafka
+ACLs on it), its own raw, analytics and alerts buckets and its own least-privilege tokens
+(write-only and read-only on those buckets, as onboarding mints for the standard ones), for tests and benchmarks that must not see (or
 disturb) anyone else's data. Settings reach the pipeline's child processes through the
 environment, so the context sets DCPULSE_* variables for its duration and restores them after."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 from influxdb_client import InfluxDBClient
-from kafka import KafkaAdminClient
-
 from dcpulse.services.onboarding import bucket_permissions
-from dcpulse.services.topics import ensure_topics, topic_specs
+from dcpulse import kafka_clients
+from dcpulse.private_files import write_private
+from dcpulse.services.kafka_acls import pipeline_grants, revoke
+from dcpulse.services.topics import provision_pipeline
 from dcpulse.settings import Settings
 
 
@@ -38,14 +40,19 @@ def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
                       "orgID": org_id, "description": f"{prefix}: {access}-only",
                       "permissions": bucket_permissions((access,), org_id, ids)}).raise_for_status().json()
                   for access in ("write", "read")}
+    # The tokens in files of the sandbox's own (paths in the environment, never the tokens).
+    token_dir = base.services.state_dir / "sandboxes" / prefix
+    for access, authorization in tokens.items():
+        write_private(token_dir / f"{access}-token", authorization["token"])
     env = {"DCPULSE_TOPICS__PREFIX": prefix, "DCPULSE_INFLUX__BUCKETS__ANALYTICS": f"{bucket}_analytics",
            "DCPULSE_INFLUX__BUCKETS__RAW": f"{bucket}_raw", "DCPULSE_INFLUX__BUCKETS__ALERTS": f"{bucket}_alerts",
-           "DCPULSE_INFLUX__WRITE_TOKEN": tokens["write"]["token"], "DCPULSE_INFLUX__READ_TOKEN": tokens["read"]["token"]}
+           "DCPULSE_INFLUX__WRITE_TOKEN_FILE": str(token_dir / "write-token"),
+           "DCPULSE_INFLUX__READ_TOKEN_FILE": str(token_dir / "read-token")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
         settings = Settings()
-        ensure_topics(settings.kafka.bootstrap, topic_specs(settings.topics))
+        provision_pipeline(settings)
         yield settings
     finally:
         for k, v in saved.items():
@@ -56,12 +63,15 @@ def sandbox(base: Settings, admin_token: str, name: str) -> Iterator[Settings]:
         with _admin(base, admin_token) as http:
             for authorization in tokens.values():
                 http.delete(f"/api/v2/authorizations/{authorization['id']}").raise_for_status()
+        shutil.rmtree(token_dir, ignore_errors=True)
         with InfluxDBClient(url=base.influx.url, token=admin_token, org=base.influx.org) as client:
             for bucket_obj in created:
                 client.buckets_api().delete_bucket(bucket_obj)
-        admin = KafkaAdminClient(bootstrap_servers=base.kafka.bootstrap)
+        kafka = kafka_clients.access(base, "admin")
+        admin = kafka_clients.admin(kafka, "dcpulse-sandbox")
         try:
             # Our topics and the Faust app's internal ones (changelogs) share the prefix.
             admin.delete_topics([t for t in admin.list_topics() if t.startswith(prefix)])
         finally:
             admin.close()
+        revoke(kafka, pipeline_grants(base.topics.model_copy(update={"prefix": prefix})))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -38,6 +38,14 @@ class KafkaSettings(BaseModel):
     heap_mb: int = Field(1024, ge=256, description="JVM -Xmx in MiB; -Xms is half of it")
     bootstrap_servers: str | None = Field(
         None, description="Override to use an existing cluster instead of the local broker"
+    )
+    security: Literal["sasl_ssl", "plaintext"] = Field(
+        "sasl_ssl", description="sasl_ssl: TLS with SCRAM-SHA-512 logins and per-role ACLs (docs/security.md); "
+                                "plaintext: anyone who reaches the port may do anything, for quick local runs only"
+    )
+    secrets_dir: Path | None = Field(
+        None, description="The CA certificate and one credentials file per role (0600); "
+                          "default: <services.state_dir>/kafka/secrets, written by `services up`"
     )
 
     @property
@@ -69,9 +77,11 @@ class InfluxSettings(BaseModel):
     org: str = "dcpulse"
     admin_user: str = "dcpulse-admin"
     buckets: BucketSettings = BucketSettings()
-    # Tokens default to the ones minted at onboarding and kept in the state directory.
-    write_token: SecretStr | None = None
-    read_token: SecretStr | None = None
+    # Tokens are read from files (0600), never taken from the environment, where `ps eww` shows them.
+    write_token_file: Path | None = Field(None, description="The sink's write-only token; default: "
+                                          "<services.state_dir>/influxdb/write-token, minted at onboarding")
+    read_token_file: Path | None = Field(None, description="The read-only token of queries, console and reports; "
+                                         "default: <services.state_dir>/influxdb/read-token")
 
     @property
     def url(self) -> str:
@@ -230,6 +240,10 @@ class Settings(BaseSettings):
         if value not in {"auto", "json", "console"}:
             raise ValueError("log_format must be auto, json or console")
         return value
+
+    @property
+    def kafka_secrets_dir(self) -> Path:
+        return self.kafka.secrets_dir or self.services.state_dir / "kafka" / "secrets"
 
     @classmethod
     def settings_customise_sources(

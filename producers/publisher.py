@@ -10,7 +10,7 @@ from typing import Any
 from kafka.partitioner.default import murmur2
 
 from dcpulse.contract import TelemetryBatch
-from dcpulse.kafka_clients import producer
+from dcpulse.kafka_clients import KafkaAccess, producer
 from dcpulse.log import get_logger
 
 log = get_logger(__name__)
@@ -46,12 +46,12 @@ class TelemetryPublisher:
     records the broker acknowledged.
     """
 
-    def __init__(self, bootstrap: str, topic: str, **overrides: Any) -> None:
+    def __init__(self, kafka: KafkaAccess, topic: str, **overrides: Any) -> None:
         self.topic = topic
         self.published = 0
         self.failures: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._producer = producer(bootstrap, "dcpulse-producer", **overrides)
+        self._producer = producer(kafka, "dcpulse-producer", **overrides)
         self._partitioner: KeyPartitioner | None = None
 
     @property

@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import orjson
 
+from dcpulse.kafka_clients import KafkaAccess
 from dcpulse.kafka_clients import consumer as kafka_consumer
 from dcpulse.kafka_clients import producer as kafka_producer
 from dcpulse.log import get_logger
@@ -365,7 +366,7 @@ class RecordStats:
 
 
 def record(
-    bootstrap: str,
+    kafka: KafkaAccess,
     topics: list[str],
     path: Path,
     *,
@@ -389,7 +390,7 @@ def record(
     if max_records is not None and max_records < 1:
         raise ValueError("max_records must be >= 1")
     path = Path(path)
-    consumer = kafka_consumer(bootstrap, "dcpulse-recorder",
+    consumer = kafka_consumer(kafka, "dcpulse-recorder",
                               auto_offset_reset="earliest" if from_beginning else "latest")
     stats = RecordStats(path=path)
     out: _AtomicGzipLines | None = None
@@ -398,7 +399,7 @@ def record(
         for topic in dict.fromkeys(topics):
             ids = consumer.partitions_for_topic(topic)
             if not ids:
-                raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+                raise ValueError(f"topic {topic!r} does not exist on {kafka.bootstrap}")
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
         consumer.assign(partitions)
         if from_beginning:
@@ -488,8 +489,8 @@ class ReplayStats:
         return sum(self.errors.values())
 
 
-def _existing_topics(bootstrap: str) -> set[str]:
-    consumer = kafka_consumer(bootstrap, "dcpulse-replay-meta")
+def _existing_topics(kafka: KafkaAccess) -> set[str]:
+    consumer = kafka_consumer(kafka, "dcpulse-replay-meta")
     try:
         return set(consumer.topics())
     finally:
@@ -497,7 +498,7 @@ def _existing_topics(bootstrap: str) -> set[str]:
 
 
 def replay(
-    bootstrap: str,
+    kafka: KafkaAccess,
     path: Path,
     *,
     speed: float | None,
@@ -535,9 +536,9 @@ def replay(
     destinations = {t: topic_map.get(t, t) for t in recorded_topics}
     # The broker does not auto-create topics: without this check every send would block for
     # max_block_ms and then fail one by one.
-    missing = sorted(set(destinations.values()) - _existing_topics(bootstrap))
+    missing = sorted(set(destinations.values()) - _existing_topics(kafka))
     if missing:
-        raise ValueError(f"destination topic(s) do not exist on {bootstrap}: {', '.join(missing)}")
+        raise ValueError(f"destination topic(s) do not exist on {kafka.bootstrap}: {', '.join(missing)}")
 
     stats = ReplayStats(path=path, total=len(messages))
     lock = threading.Lock()
@@ -555,7 +556,7 @@ def replay(
         log.error("replay delivery failed", topic=topic, source_offset=offset, error=repr(error))
 
     # Recorded records may be larger than the live producers' limit (bad input on purpose).
-    producer = kafka_producer(bootstrap, "dcpulse-replay", linger_ms=5 if speed is not None else 20,
+    producer = kafka_producer(kafka, "dcpulse-replay", linger_ms=5 if speed is not None else 20,
                               max_request_size=8 * 1024 * 1024)
     try:
         plan = plan_sends(messages, {t: len(producer.partitions_for(d)) for t, d in destinations.items()})

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dcpulse.cliutil import console, load_settings
+from dcpulse.kafka_clients import access
 
 
 class _RateColumn(ProgressColumn):
@@ -76,7 +77,7 @@ def record(topics: tuple[str, ...], output: Path, from_beginning: bool, duration
     try:
         with _progress(f"recording {', '.join(topics)}") as progress:
             stats = record_topics(
-                settings.kafka.bootstrap, list(topics), output, from_beginning=from_beginning,
+                access(settings, "admin"), list(topics), output, from_beginning=from_beginning,
                 duration_s=duration, idle_timeout_s=idle_timeout or None,
                 max_records=max_records, progress=progress)
     except (ValueError, OSError) as exc:
@@ -113,7 +114,7 @@ def replay(file: Path, speed: str, shift_to_now: bool, topic_map: tuple[str, ...
     label = f"replaying {file.name} at {'max speed' if factor is None else f'{factor:g}x'}"
     try:
         with _progress(label) as progress:
-            stats = replay_file(settings.kafka.bootstrap, file, speed=factor, topic_map=mapping,
+            stats = replay_file(access(settings, "admin"), file, speed=factor, topic_map=mapping,
                                 shift_to_now=shift_to_now, progress=progress)
     except (ValueError, OSError) as exc:
         _fail(f"replay failed: {exc}")

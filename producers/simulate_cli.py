@@ -11,6 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings, say
+from dcpulse.kafka_clients import access
 from dcpulse.producers.replay_order import parse_speed
 from dcpulse.producers.run import RunStats, parse_duration, run_scenario, truths
 from dcpulse.producers.scenario_args import FAULT_SYNTAX, build_scenario, current_minute, resolve_start
@@ -78,7 +79,7 @@ def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: st
     say(f"simulating {', '.join(s.name for s in scenario.sites)} for {duration_s:,.0f} s "
         f"at {'max speed' if pace is None else f'{pace:g}x'}, seed {scenario.seed}, "
         f"start {scenario.start.isoformat().replace('+00:00', 'Z')}, into {target}")
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, target)
+    publisher = TelemetryPublisher(access(settings, "agent"), target)
     interrupted = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     with Live(console=console, refresh_per_second=4, transient=False) as live:

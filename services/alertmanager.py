@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from dcpulse.private_files import write_private
 from dcpulse.services import cache
 from dcpulse.services.process import ManagedProcess
 from dcpulse.services.shell import run_logged
@@ -112,9 +113,7 @@ class AlertmanagerServer:
     def configure(self, inhibitions: list[Inhibition]) -> None:
         """Write the config; a running server picks it up on `reload()`."""
         self.state.mkdir(parents=True, exist_ok=True)
-        self.config_file.touch(mode=0o600)  # a webhook URL may carry a credential
-        self.config_file.chmod(0o600)
-        self.config_file.write_text(render_config(self.settings, inhibitions))
+        write_private(self.config_file, render_config(self.settings, inhibitions))  # a webhook URL may carry a credential
 
     def start(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)

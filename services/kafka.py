@@ -8,10 +8,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from dcpulse import kafka_clients
+from dcpulse.private_files import write_private
 from dcpulse.services import cache
+from dcpulse.services.kafka_security import BrokerSecrets
 from dcpulse.services.process import ManagedProcess
 from dcpulse.services.shell import port_open, run_logged
-from dcpulse.settings import KafkaSettings
+from dcpulse.settings import KafkaSettings, Settings
 
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 # The kafka_2.13 POM only declares slf4j-api; 3.9.x logs through reload4j.
@@ -42,7 +45,9 @@ def render_pom(kafka_version: str, scala_version: str) -> str:
 """
 
 
-def render_server_properties(settings: KafkaSettings, data_dir: Path) -> str:
+def render_server_properties(settings: KafkaSettings, data_dir: Path, security: dict[str, str]) -> str:
+    """The broker's properties; `security` (listeners, TLS, SASL, authorizer) replaces the
+    plaintext listeners."""
     h = settings.host
     props = {
         "process.roles": "broker,controller",
@@ -61,6 +66,7 @@ def render_server_properties(settings: KafkaSettings, data_dir: Path) -> str:
         "transaction.state.log.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
         "message.max.bytes": str(2 * 1024 * 1024),
+        **security,
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -92,8 +98,11 @@ def java_argv(settings: KafkaSettings, lib_dir: Path, conf_dir: Path, main: str,
 class KafkaServer:
     """Provision, configure, start and probe the local broker."""
 
-    def __init__(self, settings: KafkaSettings, cache_dir: Path, state_dir: Path) -> None:
-        self.settings = settings
+    def __init__(self, all_settings: Settings) -> None:
+        self.all_settings = all_settings
+        settings = self.settings = all_settings.kafka
+        cache_dir, state_dir = all_settings.services.cache_dir, all_settings.services.state_dir
+        self.secrets = BrokerSecrets(all_settings.kafka_secrets_dir)
         self.home = cache.artefact_dir(cache_dir, "kafka", f"{settings.scala_version}-{settings.version}")
         self.state = state_dir / "kafka"
         self.conf_dir = self.state / "config"
@@ -130,23 +139,35 @@ class KafkaServer:
                 raise RuntimeError(f"Maven finished but no kafka jar is in {scratch / 'lib'}")
 
     def configure(self) -> None:
-        """Write config files and format the KRaft metadata log once."""
-        self.conf_dir.mkdir(parents=True, exist_ok=True)
-        (self.conf_dir / "server.properties").write_text(
-            render_server_properties(self.settings, self.data_dir)
-        )
+        """Write config files and format the KRaft metadata log once, with every role's SCRAM
+        login whatever the security setting (so it can be switched without a new format)."""
+        self.secrets.ensure(self.settings)
+        secure = self.settings.security == "sasl_ssl"
+        # 0600: with security on it holds the broker's own password.
+        write_private(self.conf_dir / "server.properties", render_server_properties(
+            self.settings, self.data_dir, self.secrets.server_properties(self.settings) if secure else {}))
         (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
+        logins_marker = self.state / "scram-logins"
         if (self.data_dir / "meta.properties").exists():
+            if secure and not logins_marker.exists():
+                raise RuntimeError(f"the broker's data in {self.data_dir} was formatted without logins (before "
+                                   "security was on): stop Kafka and delete that directory to start it fresh, "
+                                   "or set kafka.security = \"plaintext\"")
             return
         cluster_id_file = self.state / "cluster-id"
         if not cluster_id_file.exists():
             cluster_id_file.write_text(_kafka_cluster_id())
-        argv = java_argv(
-            self.settings, self.lib_dir, self.conf_dir, "kafka.tools.StorageTool",
-            "format", "-t", cluster_id_file.read_text().strip(),
-            "-c", str(self.conf_dir / "server.properties"), "--ignore-formatted",
-        )
-        run_logged(argv, cwd=self.state, log_file=self.state / "format.log")
+        # The passwords go in a Java argument file, never on a command line `ps` shows.
+        arguments = self.conf_dir / "format.args"
+        write_private(arguments, "\n".join([
+            "format", "-t", cluster_id_file.read_text().strip(), "-c", str(self.conf_dir / "server.properties"),
+            "--ignore-formatted", *self.secrets.scram_arguments()]) + "\n")
+        try:
+            argv = java_argv(self.settings, self.lib_dir, self.conf_dir, "kafka.tools.StorageTool", f"@{arguments}")
+            run_logged(argv, cwd=self.state, log_file=self.state / "format.log")
+        finally:
+            arguments.unlink()
+        logins_marker.write_text("SCRAM logins created at format time\n")
 
     def start(self) -> int:
         argv = java_argv(
@@ -159,14 +180,11 @@ class KafkaServer:
         """The port answers and the broker serves metadata to an admin client."""
         if not port_open(self.settings.host, self.settings.port):
             return False
-        from kafka import KafkaAdminClient  # local import: slow, and only needed here
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.settings.bootstrap, request_timeout_ms=5000,
-                client_id="dcpulse-health",
-            )
+            admin = kafka_clients.admin(kafka_clients.access(self.all_settings, "admin"), "dcpulse-health",
+                                        request_timeout_ms=5000)
         except (KafkaError, OSError):
             return False
         try:

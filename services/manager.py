@@ -15,7 +15,7 @@ from dcpulse.services.kafka import KafkaServer
 from dcpulse.services.onboarding import Credentials, InfluxOnboarding, load_credentials
 from dcpulse.services.process import ManagedProcess
 from dcpulse.services.shell import last_line, port_open
-from dcpulse.services.topics import ensure_topics, topic_specs
+from dcpulse.services.topics import provision_pipeline
 from dcpulse.settings import Settings
 from dcpulse.streams.alertrules import RulesError, inhibitions, load_rules
 
@@ -38,7 +38,7 @@ class LocalServices:
         self.settings = settings
         svc = settings.services
         self.state_dir = svc.state_dir
-        self.kafka = KafkaServer(settings.kafka, svc.cache_dir, svc.state_dir)
+        self.kafka = KafkaServer(settings)
         self.influx = InfluxServer(settings.influx, svc.cache_dir, svc.state_dir)
         self.alertmanager = (AlertmanagerServer(settings.alertmanager, svc.cache_dir, svc.state_dir)
                              if settings.alertmanager.enabled else None)
@@ -94,7 +94,7 @@ class LocalServices:
             if self.alertmanager and "alertmanager" not in started:
                 self.alertmanager.reload()  # it runs the rules of its start: give it the config just written
             InfluxOnboarding(self.settings.influx, self.influx.credentials_file).ensure()
-            created = ensure_topics(self.settings.kafka.bootstrap, topic_specs(self.settings.topics))
+            created = provision_pipeline(self.settings)
             if created:
                 say(f"kafka: created topics {', '.join(created)}")
         return started

@@ -7,7 +7,6 @@ only by its owner (0600). Nothing here prints or logs a secret.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Literal
 
 import httpx
 
+from dcpulse.private_files import write_private
 from dcpulse.settings import InfluxSettings, Settings
 
 
@@ -31,18 +31,20 @@ def credentials_path(state_dir: Path) -> Path:
     return state_dir / "influxdb" / "credentials.json"
 
 
+def token_file(settings: Settings, access: Literal["read", "write"]) -> Path:
+    configured = settings.influx.read_token_file if access == "read" else settings.influx.write_token_file
+    return configured or credentials_path(settings.services.state_dir).with_name(f"{access}-token")
+
+
 def influx_token(settings: Settings, access: Literal["read", "write"]) -> str:
-    """The token for `access`: from settings if given, else the one minted at onboarding."""
-    configured = settings.influx.read_token if access == "read" else settings.influx.write_token
-    if configured is not None:
-        return configured.get_secret_value()
-    creds = load_credentials(credentials_path(settings.services.state_dir))
-    if creds is None:
-        raise RuntimeError(
-            f"no InfluxDB {access} token: set DCPULSE_INFLUX__{access.upper()}_TOKEN "
-            "or run `dcpulse services up` to onboard the local server"
-        )
-    return creds.read_token if access == "read" else creds.write_token
+    """The token for `access`, from its file: the one minted at onboarding unless another is set.
+    Only this token is read: no process but `services` opens the file holding the admin token."""
+    path = token_file(settings, access)
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise RuntimeError(f"no InfluxDB {access} token in {path}: run `dcpulse services up` to onboard the "
+                           f"local server, or set influx.{access}_token_file") from None
 
 
 def load_credentials(path: Path) -> Credentials | None:
@@ -53,13 +55,7 @@ def load_credentials(path: Path) -> Credentials | None:
 
 
 def save_credentials(path: Path, creds: Credentials) -> None:
-    """Write atomically with mode 0600 from the first byte (no window where it is readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(creds), handle)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(asdict(creds)))
 
 
 def bucket_permissions(actions: tuple[str, ...], org_id: str, bucket_ids: list[str]) -> list[dict]:
@@ -93,6 +89,9 @@ class InfluxOnboarding:
             if not (creds.write_token and creds.read_token):  # fresh, or minting was interrupted
                 creds = self._mint_tokens(http, creds, bucket_ids)
                 save_credentials(self.credentials_file, creds)
+        # Each scoped token in a file of its own: a process reads only the one it needs.
+        write_private(self.credentials_file.with_name("write-token"), creds.write_token)
+        write_private(self.credentials_file.with_name("read-token"), creds.read_token)
         return creds
 
     def _setup(self, http: httpx.Client) -> Credentials:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dcpulse.settings import TopicSettings
+from dcpulse.kafka_clients import KafkaAccess, access, admin
+from dcpulse.services.kafka_acls import grant, pipeline_grants
+from dcpulse.settings import Settings, TopicSettings
 
 
 @dataclass(frozen=True)
@@ -43,24 +45,32 @@ def topic_specs(settings: TopicSettings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+def provision_pipeline(settings: Settings) -> list[str]:
+    """As admin: the pipeline's topics (those missing) and its roles' ACLs. Returns the topics
+    created."""
+    kafka = access(settings, "admin")
+    created = ensure_topics(kafka, topic_specs(settings.topics))
+    grant(kafka, pipeline_grants(settings.topics))
+    return created
+
+
+def ensure_topics(kafka: KafkaAccess, specs: list[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dcpulse-topics")
+    client = admin(kafka, "dcpulse-topics")
     try:
-        existing = set(admin.list_topics())
+        existing = set(client.list_topics())
         missing = [s for s in specs if s.name not in existing]
         created = []
         for spec in missing:
             try:
-                admin.create_topics([NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1,
+                client.create_topics([NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=1,
                                               topic_configs=spec.configs())])
                 created.append(spec.name)
             except TopicAlreadyExistsError:  # another process created it meanwhile
                 pass
         return created
     finally:
-        admin.close()
+        client.close()

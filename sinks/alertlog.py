@@ -17,13 +17,13 @@ from dcpulse.streams.alertbook import AlertBook
 POLL_MS = 1000
 
 
-def rebuild(bootstrap: str, client_id: str, group: KafkaConsumer, topic: str, book: AlertBook) -> int:
+def rebuild(kafka: kafka_clients.KafkaAccess, client_id: str, group: KafkaConsumer, topic: str, book: AlertBook) -> int:
     """Apply every transition before `group`'s committed offsets to the book; their count."""
     partitions = sorted(group.partitions_for_topic(topic) or ())
     ends = {tp: end for tp in (TopicPartition(topic, p) for p in partitions) if (end := group.committed(tp) or 0) > 0}
     if not ends:
         return 0
-    reader = kafka_clients.consumer(bootstrap, client_id)
+    reader = kafka_clients.consumer(kafka, client_id)
     applied = 0
     try:
         reader.assign(list(ends))

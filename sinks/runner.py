@@ -45,11 +45,11 @@ CONSUMER_CONFIG: dict[str, int] = {
 def kafka_sink(settings: Settings, writer: InfluxWriter, *, name: str, topics: list[str], bucket: str,
                convert: Convert) -> Sink:
     """A sink reading `topics` in the consumer group `settings.topics.group(f"sink-{name}")`."""
-    bootstrap, client_id = settings.kafka.bootstrap, f"{settings.topics.prefix}-sink-{name}"
-    consumer = kafka_clients.consumer(bootstrap, client_id, *topics, group_id=settings.topics.group(f"sink-{name}"),
+    kafka, client_id = kafka_clients.access(settings, "sink"), f"{settings.topics.prefix}-sink-{name}"
+    consumer = kafka_clients.consumer(kafka, client_id, *topics, group_id=settings.topics.group(f"sink-{name}"),
                                       **CONSUMER_CONFIG)
     # A dead-letter send waits at most 10 s for metadata, so a stop is never held up for long.
-    dead_letters = DeadLetters(lambda: kafka_clients.producer(bootstrap, client_id, max_block_ms=10_000),
+    dead_letters = DeadLetters(lambda: kafka_clients.producer(kafka, client_id, max_block_ms=10_000),
                                settings.topics.deadletter)
     return Sink(name, consumer, writer, bucket, convert, dead_letters, batch_lines=BATCH_LINES)
 
@@ -67,7 +67,7 @@ def alerts_sink(settings: Settings, writer: InfluxWriter, notifier: Notifier | N
     sink = kafka_sink(settings, writer, name="alerts", topics=[settings.topics.alerts],
                       bucket=settings.influx.buckets.alerts,
                       convert=AlertLines(book, notifier.take if notifier is not None else lambda _: None))
-    replayed = rebuild(settings.kafka.bootstrap, f"{settings.topics.prefix}-alert-book", sink.consumer,
+    replayed = rebuild(kafka_clients.access(settings, "sink"), f"{settings.topics.prefix}-alert-book", sink.consumer,
                        settings.topics.alerts, book)
     if notifier is not None and book.active:
         notifier.take(list(book.active.values()))

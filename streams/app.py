@@ -30,7 +30,7 @@ from faust.types import TP, EventT
 from kafka import TopicPartition
 
 from dcpulse.contract import AnalyticsPoint
-from dcpulse.kafka_clients import consumer
+from dcpulse.kafka_clients import SASL_MECHANISM, KafkaAccess, access, consumer
 from dcpulse.log import RepeatLimiter, get_logger
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
@@ -80,7 +80,7 @@ def producer_ms(event: EventT) -> int | None:
 
 def raw_partitions(settings: Settings) -> int:
     """The raw topic's partition count: how many partials the combiner waits for per window."""
-    client = consumer(settings.kafka.bootstrap, "dcpulse-streams-meta")
+    client = consumer(access(settings, "worker"), "dcpulse-streams-meta")
     try:
         found = client.partitions_for_topic(settings.topics.telemetry)
     finally:
@@ -90,9 +90,9 @@ def raw_partitions(settings: Settings) -> int:
     return len(found)
 
 
-def read_partition(bootstrap: str, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
+def read_partition(kafka: KafkaAccess, topic: str, partition: int, timeout_s: float = 60.0) -> dict[bytes, bytes]:
     """A changelog partition's newest value per key, read from Kafka up to its current end."""
-    client = consumer(bootstrap, "dcpulse-state-reader")
+    client = consumer(kafka, "dcpulse-state-reader")
     tp = TopicPartition(topic, partition)
     found: dict[bytes, bytes] = {}
     try:
@@ -115,11 +115,22 @@ def read_partition(bootstrap: str, topic: str, partition: int, timeout_s: float 
     return found
 
 
+def broker_credentials(kafka: KafkaAccess) -> faust.SASLCredentials | None:
+    """The worker's login as Faust (aiokafka) takes it; None on a plaintext broker."""
+    if not kafka.secure:
+        return None
+    return faust.SASLCredentials(username=kafka.username, password=kafka.client_config()["sasl_plain_password"],
+                                 ssl_context=kafka.ssl_context(), mechanism=SASL_MECHANISM)
+
+
 def faust_app(app_id: str, settings: Settings) -> faust.App:
-    """A Faust app with the client settings every dcpulse worker uses (and the benchmarks' too)."""
+    """A Faust app with the client settings every dcpulse worker uses (and the benchmarks' too),
+    logged in as the worker role."""
+    kafka = access(settings, "worker")
     return faust.App(
         app_id,
-        broker=f"kafka://{settings.kafka.bootstrap}",
+        broker=f"kafka://{kafka.bootstrap}",
+        broker_credentials=broker_credentials(kafka),
         store="memory://",
         datadir=str(settings.services.state_dir / "faust"),
         topic_replication_factor=1,
@@ -186,7 +197,8 @@ def create_app(settings: Settings) -> faust.App:
 
     # Created before Faust starts: workers starting together otherwise race to create them,
     # and one that does not see a changelog in its metadata yet stalls on it.
-    ensure_topics(settings.kafka.bootstrap, [
+    kafka = access(settings, "worker")
+    ensure_topics(kafka, [
         TopicSpec(table.changelog_topic_name, table.partitions, 0, "a stream worker's checkpointed state", compacted=True)
         for table in (raw_table, site_table)])
 
@@ -204,11 +216,11 @@ def create_app(settings: Settings) -> faust.App:
         "analyse", cfg.state_buckets, decode_state,
         lambda p, state: PartitionStage(t.telemetry, p, partitions, state, settings.validation, cfg, rules),
         _raw_sends(settings), send, changelog(raw_table), raw_table.data,
-        lambda p: read_partition(settings.kafka.bootstrap, raw_table.changelog_topic_name, p))
+        lambda p: read_partition(kafka, raw_table.changelog_topic_name, p))
     combine_agent = CheckpointedAgent(
         "combine", cfg.state_buckets, decode_site_state, lambda p, state: SiteStage(p, state, cfg, rules, preset_thresholds()),
         _site_sends(settings), send, changelog(site_table), site_table.data,
-        lambda p: read_partition(settings.kafka.bootstrap, site_table.changelog_topic_name, p))
+        lambda p: read_partition(kafka, site_table.changelog_topic_name, p))
     agents = {t.telemetry: analyse_agent, t.partials: combine_agent}
 
     # concurrency=1: with more, faust can commit past an in-flight message (faust #606).

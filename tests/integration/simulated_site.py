@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from dcpulse.services.onboarding import influx_token
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.producers.scenario_args import current_minute
@@ -42,7 +44,7 @@ class SimulatedSite:
 
     def flux(self, query: str) -> list[dict]:
         s = self.settings
-        return read_rows(s.influx.url, s.influx.read_token.get_secret_value(), s.influx.org, query)
+        return read_rows(s.influx.url, influx_token(s, "read"), s.influx.org, query)
 
     def where(self, bucket: str, condition: str) -> str:
         """Flux: the bucket's points in the span that match `condition`."""
@@ -65,7 +67,7 @@ def simulated_site(services: LocalServices, base: Settings, tmp_path: Path) -> I
     with isolated(services, base, "views") as settings:
         site = SimulatedSite(settings, Span(start, start + timedelta(minutes=MINUTES + 1)))
         with running_pipeline(settings, log_dir=tmp_path / "pipeline") as pipeline:
-            replay(settings.kafka.bootstrap, recording, speed=None, topic_map={topic: settings.topics.telemetry})
+            replay(access(settings, "admin"), recording, speed=None, topic_map={topic: settings.topics.telemetry})
             wait_for_results(settings, start, len(expected), pipeline.check_alive)
             wait_for_raw_points(settings, start, recorded_samples(recording, partitions), pipeline.check_alive)
             _wait_for_alert_log(site, transitions, pipeline.check_alive)

@@ -14,7 +14,10 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from dcpulse.services.onboarding import influx_token
 from dcpulse import kafka_clients
+from dcpulse.kafka_clients import Role, access
+from dcpulse.private_files import write_private
 from dcpulse.contract import point_key
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import record, replay_plan
@@ -41,9 +44,16 @@ def isolated(services: LocalServices, base: Settings, name: str) -> Iterator[Set
         yield settings
 
 
+def kcat_config(settings: Settings, role: Role, directory: Path) -> Path:
+    """A librdkafka properties file (0600) logging kcat in as `role`: `kcat -F <it>`."""
+    path = directory / f"kcat-{role}.properties"
+    write_private(path, access(settings, role).librdkafka_config())
+    return path
+
+
 def tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
     """A group-less consumer of every partition of `topic`, positioned at its current end."""
-    consumer = kafka_clients.consumer(settings.kafka.bootstrap, "dcpulse-test-tail")
+    consumer = kafka_clients.consumer(access(settings, "admin"), "dcpulse-test-tail")
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(partitions)
     consumer.seek_to_end(*partitions)
@@ -53,7 +63,7 @@ def tail_consumer(settings: Settings, topic: str) -> KafkaConsumer:
 
 
 def _query(settings: Settings, query: str) -> list[dict]:
-    return read_rows(settings.influx.url, settings.influx.read_token.get_secret_value(), settings.influx.org, query)
+    return read_rows(settings.influx.url, influx_token(settings, "read"), settings.influx.org, query)
 
 
 def read_results(settings: Settings, start: datetime) -> dict[str, dict]:
@@ -89,11 +99,11 @@ def simulate_and_record(services: LocalServices, base: Settings, tmp_path: Path,
     replay into the configured number of partitions sends."""
     with isolated(services, base, "source") as source:
         sim = ScenarioSimulator(build_scenario(["small"], None, faults, 7, start))
-        publisher = TelemetryPublisher(source.kafka.bootstrap, source.topics.telemetry)
+        publisher = TelemetryPublisher(access(source, "admin"), source.topics.telemetry)
         run_scenario(sim, minutes * 60.0, None, publisher.publish_raw, publisher.broadcast)
         publisher.close()
         recording = tmp_path / "small.jsonl.gz"
-        stats = record(source.kafka.bootstrap, [source.topics.telemetry], recording, idle_timeout_s=3.0)
+        stats = record(access(source, "admin"), [source.topics.telemetry], recording, idle_timeout_s=3.0)
         topic = source.topics.telemetry
         partitions = source.topics.telemetry_partitions
     assert stats.records == publisher.sent
@@ -115,7 +125,7 @@ def expected_transitions(recording: Path, partitions: int) -> set[Transition]:
 
 def read_transitions(settings: Settings, idle_ms: int = 3000) -> set[Transition]:
     """Every alert transition on the alerts topic (a restarted worker may have sent some twice)."""
-    consumer = kafka_clients.consumer(settings.kafka.bootstrap, "dcpulse-test-transitions",
+    consumer = kafka_clients.consumer(access(settings, "admin"), "dcpulse-test-transitions",
                                       consumer_timeout_ms=idle_ms)
     topic = settings.topics.alerts
     consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])

@@ -8,6 +8,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from dcpulse.kafka_clients import access
 from dcpulse import kafka_clients
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
@@ -39,20 +40,20 @@ def test_the_book_is_rebuilt_from_the_committed_transitions_only(services: Local
     later = [_event(pump, "firing", "inactive", 90)]  # not committed: the restarted sink reads it next
     with isolated(services, settings, "book") as sandboxed:
         topic, group_id = sandboxed.topics.alerts, sandboxed.topics.group("sink-alerts")
-        producer = kafka_clients.producer(sandboxed.kafka.bootstrap, "test-book")
+        producer = kafka_clients.producer(access(sandboxed, "admin"), "test-book")
         sent = [producer.send(topic, key=e.fingerprint.encode(), value=orjson.dumps(e.to_json()))
                 for e in committed + later]
         producer.flush()
         producer.close()
         offsets = [future.get(timeout=10) for future in sent]
-        group = kafka_clients.consumer(sandboxed.kafka.bootstrap, "test-book", group_id=group_id)
+        group = kafka_clients.consumer(access(sandboxed, "admin"), "test-book", group_id=group_id)
         ends: dict[TopicPartition, int] = {}
         for meta in offsets[:len(committed)]:
             tp = TopicPartition(meta.topic, meta.partition)
             ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
         group.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in ends.items()})
         book = AlertBook(inhibitions(load_rules()))
-        applied = rebuild(sandboxed.kafka.bootstrap, "test-book-rebuild", group, topic, book)
+        applied = rebuild(access(sandboxed, "admin"), "test-book-rebuild", group, topic, book)
         group.close()
     assert applied == len(committed)  # the pump's later resolution lies past the committed offsets
     assert set(book.active) == {fingerprint(pump), fingerprint(hot)}

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from dcpulse.services.onboarding import influx_token
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.services.manager import LocalServices
@@ -54,7 +56,7 @@ def _alert_log(settings: Settings, since: datetime) -> list[dict]:
              f" |> range(start: {since.isoformat().replace('+00:00', 'Z')}, stop: 2100-01-01T00:00:00Z)"
              ' |> filter(fn: (r) => r._measurement == "alert")'
              ' |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")')
-    return read_rows(settings.influx.url, settings.influx.read_token.get_secret_value(), settings.influx.org, query)
+    return read_rows(settings.influx.url, influx_token(settings, "read"), settings.influx.org, query)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def run(services: LocalServices, settings: Settings, tmp_path_factory: pytest.Te
     recording, topic, expected = simulate_and_record(services, settings, tmp, start, MINUTES, faults)
     with isolated(services, settings, "alerts") as sandboxed, \
             running_pipeline(sandboxed, log_dir=tmp / "pipeline") as pipeline:
-        replay(sandboxed.kafka.bootstrap, recording, speed=None, topic_map={topic: sandboxed.topics.telemetry})
+        replay(access(sandboxed, "admin"), recording, speed=None, topic_map={topic: sandboxed.topics.telemetry})
         wait_for_results(sandboxed, start, len(expected), pipeline.check_alive, timeout_s=400)
         reference = expected_transitions(recording, sandboxed.topics.telemetry_partitions)
         transitions = read_transitions(sandboxed)

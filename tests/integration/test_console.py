@@ -25,6 +25,7 @@ import pytest
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
@@ -70,7 +71,7 @@ def console(services: LocalServices, settings: Settings, tmp_path_factory: pytes
         start = current_minute() - timedelta(minutes=RUN_MIN + 1)  # all in the past: the console reads up to now
         sim = ScenarioSimulator(build_scenario(["small"], None, [f"hot_spot:small:{HOT_RACK}@{HOT_AT_MIN}m+5m"],
                                                7, start))
-        publisher = TelemetryPublisher(sandboxed.kafka.bootstrap, sandboxed.topics.telemetry)
+        publisher = TelemetryPublisher(access(sandboxed, "admin"), sandboxed.topics.telemetry)
         pause_ms = int((start + timedelta(minutes=PAUSE_AT_MIN)).timestamp() * 1000)
 
         def send(key: bytes, value: bytes, ts_ms: int) -> None:

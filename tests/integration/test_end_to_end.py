@@ -11,6 +11,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from dcpulse.kafka_clients import access
 from dcpulse.contract import DeviceKind
 from dcpulse.demo import demo_record, publish, wait_for_samples
 from dcpulse.pipeline import running_pipeline
@@ -80,7 +81,7 @@ def test_bad_record_is_dead_lettered_and_good_one_still_lands(
     deadletters = tail_consumer(settings, settings.topics.deadletter)
     good = demo_record()
     with running_pipeline(settings, log_dir=tmp_path) as pipeline:
-        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+        producer = KafkaProducer(**access(settings, "admin").client_config())
         producer.send(settings.topics.telemetry, key=key, value=bad_value)
         producer.flush()
         producer.close()

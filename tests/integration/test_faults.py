@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.producers.scenario_args import current_minute
@@ -32,7 +33,7 @@ def test_worker_kill_and_influx_outage_lose_nothing(services: LocalServices, set
             running_pipeline(isolated_settings, log_dir=tmp_path / "faults", workers=2) as pipeline:
         samples = recorded_samples(recording, isolated_settings.topics.telemetry_partitions)
         # 10 simulated minutes at 10x: about 60 s of replay, during which both faults strike.
-        replayer = threading.Thread(target=replay, args=(isolated_settings.kafka.bootstrap, recording),
+        replayer = threading.Thread(target=replay, args=(access(isolated_settings, "admin"), recording),
                                     kwargs={"speed": 10.0, "topic_map": {source_topic: isolated_settings.topics.telemetry}})
         replayer.start()
         time.sleep(20)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from dcpulse.kafka_clients import access
 from dcpulse.cli import main
 from dcpulse.contract import TELEMETRY_V1_SCHEMA, TelemetryBatch, Watermark
 from dcpulse.producers.publisher import TelemetryPublisher
@@ -52,7 +53,7 @@ def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, st
     suffix = uuid.uuid4().hex[:10]
     roles = ("source", "dest", "paced", "spread-src", "spread-dst", "live", "cli-src", "cli-dst", "snappy")
     names = {role: f"dcpulse-test.{role}.{suffix}" for role in roles}
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
+    admin = KafkaAdminClient(**access(settings, "admin").client_config(), client_id="dcpulse-test")
     admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)
                          for name in names.values()])
     try:
@@ -65,7 +66,7 @@ def topics(services: LocalServices, settings: Settings) -> Iterator[dict[str, st
 @pytest.fixture()
 def make_topic(services: LocalServices, settings: Settings) -> Iterator[Callable[[str, int], str]]:
     """Fresh topics with a chosen partition count, deleted afterwards."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, client_id="dcpulse-test")
+    admin = KafkaAdminClient(**access(settings, "admin").client_config(), client_id="dcpulse-test")
     made: list[str] = []
 
     def make(role: str, partitions: int) -> str:
@@ -82,7 +83,7 @@ def make_topic(services: LocalServices, settings: Settings) -> Iterator[Callable
 
 
 def _produce(settings: Settings, topic: str, rows: list[Row], compression: str | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+    producer = KafkaProducer(**access(settings, "admin").client_config(), acks="all",
                              enable_idempotence=True, compression_type=compression)
     futures = [producer.send(topic, key=key, value=value, timestamp_ms=ts, headers=list(headers))
                for key, value, ts, headers in rows]
@@ -94,7 +95,7 @@ def _produce(settings: Settings, topic: str, rows: list[Row], compression: str |
 
 def _consume_all(settings: Settings, topic: str, expected: int, timeout_s: float = 60.0) -> list:
     """Every record of `topic`, partition by partition in offset order, from a group-less consumer."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None,
+    consumer = KafkaConsumer(**access(settings, "admin").client_config(), group_id=None,
                              enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(partitions)
@@ -139,7 +140,7 @@ def test_record_then_replay_at_max_speed_reproduces_every_record(
     path = tmp_path / "source.jsonl.gz"
     counts: list[int] = []
 
-    stats = record(settings.kafka.bootstrap, [topics["source"]], path, from_beginning=True,
+    stats = record(access(settings, "admin"), [topics["source"]], path, from_beginning=True,
                    idle_timeout_s=5.0, progress=lambda n, _s: counts.append(n))
     assert stats.records == len(rows)
     assert stats.per_topic == {topics["source"]: len(rows)}
@@ -155,7 +156,7 @@ def test_record_then_replay_at_max_speed_reproduces_every_record(
     assert len(by_partition) == PARTITIONS  # the keys spread over every partition
     assert all(offsets == sorted(offsets) for offsets in by_partition.values())
 
-    result = replay(settings.kafka.bootstrap, path, speed=None,
+    result = replay(access(settings, "admin"), path, speed=None,
                     topic_map={topics["source"]: topics["dest"]})
     assert result.total == len(rows)
     assert result.failed == 0, dict(result.errors)
@@ -191,7 +192,7 @@ def test_replay_at_10x_follows_recorded_pace_and_shifts_to_now(
 
     before_ms = int(time.time() * 1000)
     started = time.monotonic()
-    result = replay(settings.kafka.bootstrap, path, speed=10,
+    result = replay(access(settings, "admin"), path, speed=10,
                     topic_map={"recorded.topic": topics["paced"]}, shift_to_now=True)
     wall_s = time.monotonic() - started
     assert result.delivered == 5 and result.failed == 0
@@ -218,7 +219,7 @@ def test_replay_merges_partitions_recorded_from_beginning_by_time(
     per_partition: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
     for i in range(30):
         per_partition[PARTITIONS - 1 - i // 10].append((b"v%02d" % i, base + i * 69))
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+    producer = KafkaProducer(**access(settings, "admin").client_config(), acks="all",
                              enable_idempotence=True)
     futures = [producer.send(topics["spread-src"], partition=partition, key=b"part-%d" % partition,
                              value=value, timestamp_ms=ts)
@@ -229,14 +230,14 @@ def test_replay_merges_partitions_recorded_from_beginning_by_time(
         future.get(timeout=1)
 
     path = tmp_path / "spread.jsonl.gz"
-    stats = record(settings.kafka.bootstrap, [topics["spread-src"]], path, from_beginning=True,
+    stats = record(access(settings, "admin"), [topics["spread-src"]], path, from_beginning=True,
                    idle_timeout_s=3.0)
     assert stats.records == 30
     recorded = list(iter_recording(path))
     assert {m.partition for m in recorded} == set(range(PARTITIONS))
 
     started = time.monotonic()
-    result = replay(settings.kafka.bootstrap, path, speed=2,
+    result = replay(access(settings, "admin"), path, speed=2,
                     topic_map={topics["spread-src"]: topics["spread-dst"]})
     wall_s = time.monotonic() - started
     assert result.delivered == 30 and result.failed == 0, dict(result.errors)
@@ -266,7 +267,7 @@ def test_record_from_end_only_captures_new_records(
     outcome: dict = {}
 
     def run() -> None:
-        outcome["stats"] = record(settings.kafka.bootstrap, [topics["live"]], path,
+        outcome["stats"] = record(access(settings, "admin"), [topics["live"]], path,
                                   from_beginning=False, idle_timeout_s=3.0,
                                   progress=lambda _n, _s: ready.set())
 
@@ -337,17 +338,17 @@ def test_simulated_telemetry_replays_exactly_its_plan_into_any_partition_count(
 ) -> None:
     source = make_topic("sim-src", PARTITIONS)
     sim = ScenarioSimulator(build_scenario(["small", "pengcheng"], None, [], 7, None))
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, source)
+    publisher = TelemetryPublisher(access(settings, "admin"), source)
     stats = run_scenario(sim, 60, None, publisher.publish_raw, publisher.broadcast)
     publisher.close()
     assert not publisher.failures
     records = stats.messages + stats.watermarks * PARTITIONS
     path = tmp_path / "sim.jsonl.gz"
-    assert record(settings.kafka.bootstrap, [source], path, idle_timeout_s=3.0).records == records
+    assert record(access(settings, "admin"), [source], path, idle_timeout_s=3.0).records == records
     live = _consumed(settings, source, records)
 
     same = make_topic("sim-same", PARTITIONS)
-    result = replay(settings.kafka.bootstrap, path, speed=None, topic_map={source: same})
+    result = replay(access(settings, "admin"), path, speed=None, topic_map={source: same})
     assert result.failed == 0 and result.delivered == records
     assert result.watermarks == stats.watermarks and result.converted == 0
     replayed = _consumed(settings, same, records)
@@ -355,7 +356,7 @@ def test_simulated_telemetry_replays_exactly_its_plan_into_any_partition_count(
     assert replayed == live  # the live order, partition by partition
 
     wide = make_topic("sim-wide", 5)
-    result = replay(settings.kafka.bootstrap, path, speed=None, topic_map={source: wide})
+    result = replay(access(settings, "admin"), path, speed=None, topic_map={source: wide})
     expected = stats.messages + stats.watermarks * 5
     assert result.failed == 0 and result.delivered == expected
     replayed = _consumed(settings, wide, expected)
@@ -417,6 +418,6 @@ def test_records_any_producer_compressed_are_recorded(topics: dict[str, str], se
     rows = [(KEYS[i % 4], b"%s-%d" % (codec.encode(), i), base + i, ()) for i in range(12)]
     _produce(settings, topics["snappy"], rows, compression=codec)
     path = tmp_path / f"{codec}.jsonl.gz"
-    stats = record(settings.kafka.bootstrap, [topics["snappy"]], path, idle_timeout_s=3.0)
+    stats = record(access(settings, "admin"), [topics["snappy"]], path, idle_timeout_s=3.0)
     values = {m.value for m in iter_recording(path)}
     assert {value for _, value, _, _ in rows} <= values and stats.records == len(values)

@@ -12,6 +12,8 @@ from influxdb_client.rest import ApiException
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from dcpulse.services.onboarding import influx_token
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
 from dcpulse.services.topics import topic_specs
@@ -52,7 +54,7 @@ def test_servers_listen_on_loopback_only(services: LocalServices, name: str) -> 
 
 
 def test_topics_exist_with_configured_partitions_and_retention(services: LocalServices, settings: Settings) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = KafkaAdminClient(**access(settings, "admin").client_config())
     try:
         specs = topic_specs(settings.topics)
         described = {t["name"]: t for t in admin.describe_topics([s.name for s in specs])}
@@ -126,7 +128,7 @@ def test_a_sandbox_runs_on_its_own_least_privilege_tokens(services: LocalService
     never the admin token (which can do anything, delete included)."""
     admin = services.credentials().admin_token
     with isolated(services, settings, "tokens") as sandboxed:
-        write, read = (sandboxed.influx.write_token.get_secret_value(), sandboxed.influx.read_token.get_secret_value())
+        write, read = (influx_token(sandboxed, "write"), influx_token(sandboxed, "read"))
         assert admin not in (write, read)
         with _client(sandboxed, write) as client:
             client.write_api(write_options=SYNCHRONOUS).write(sandboxed.influx.buckets.raw,
@@ -146,5 +148,5 @@ def test_pipeline_stages_get_only_the_tokens_they_need(services: LocalServices, 
                                                        tmp_path: Path) -> None:
     with isolated(services, settings, "stage-env") as sandboxed, running_pipeline(sandboxed, log_dir=tmp_path) as pipe:
         worker, sink = _environ(pipe.procs["streams-1"].pid), _environ(pipe.procs["sink"].pid)
-    assert not {"DCPULSE_INFLUX__WRITE_TOKEN", "DCPULSE_INFLUX__READ_TOKEN"} & worker.keys()
-    assert "DCPULSE_INFLUX__WRITE_TOKEN" in sink and "DCPULSE_INFLUX__READ_TOKEN" not in sink
+    assert not {"DCPULSE_INFLUX__WRITE_TOKEN_FILE", "DCPULSE_INFLUX__READ_TOKEN_FILE"} & worker.keys()
+    assert "DCPULSE_INFLUX__WRITE_TOKEN_FILE" in sink and "DCPULSE_INFLUX__READ_TOKEN_FILE" not in sink

@@ -8,14 +8,18 @@ import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
+from dcpulse.kafka_clients import access
+from dcpulse.services.kafka_acls import Grant, grant, revoke
 from dcpulse.contract import TelemetryBatch, Watermark, agent_key, watermark_key
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
+from tests.integration.support import kcat_config
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3
@@ -26,9 +30,13 @@ SMALL_AGENTS = 6  # facility, hall-h1, 4 racks
 @pytest.fixture()
 def fresh_topic(services: LocalServices, settings: Settings):
     name = f"test.simulate.{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    kafka = access(settings, "admin")
+    admin = KafkaAdminClient(**kafka.client_config())
     admin.create_topics([NewTopic(name, PARTITIONS, 1)])
+    agents_may_write = [Grant("agent", "write", "topic", name)]  # `simulate` logs in as an agent
+    grant(kafka, agents_may_write)
     yield name
+    revoke(kafka, agents_may_write)
     admin.delete_topics([name])
     admin.close()
 
@@ -46,7 +54,7 @@ def _simulate(topic: str, *args: str) -> tuple[dict[str, int], str]:
 
 
 def _read_all(settings: Settings, topic: str) -> list:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+    consumer = KafkaConsumer(**access(settings, "admin").client_config(), enable_auto_commit=False,
                              consumer_timeout_ms=5000)
     partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     consumer.assign(partitions)
@@ -85,9 +93,9 @@ def test_simulate_small_five_minutes_is_all_in_kafka(fresh_topic: str, settings:
 
 
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed (./run installs it with apt-get)")
-def test_kcat_reads_what_the_simulator_published(fresh_topic: str, settings: Settings) -> None:
+def test_kcat_reads_what_the_simulator_published(fresh_topic: str, settings: Settings, tmp_path: Path) -> None:
     counts, _ = _simulate(fresh_topic, "--duration", "1m")
-    out = subprocess.run(["kcat", "-b", settings.kafka.bootstrap, "-C", "-t", fresh_topic, "-e", "-q",
+    out = subprocess.run(["kcat", "-F", str(kcat_config(settings, "admin", tmp_path)), "-b", settings.kafka.bootstrap, "-C", "-t", fresh_topic, "-e", "-q",
                           "-f", "%k\t%s\n"], capture_output=True, text=True, timeout=60, check=True).stdout
     lines = out.splitlines()
     assert len(lines) == counts["messages"] + counts["watermarks"] * PARTITIONS

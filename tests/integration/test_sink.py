@@ -17,6 +17,8 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
+from dcpulse.services.onboarding import influx_token
+from dcpulse.kafka_clients import access
 from dcpulse.contract import AnalyticsPoint, DeviceKind, Sample, TelemetryBatch, utc_now
 from dcpulse.sandbox import sandbox
 from dcpulse.services.manager import LocalServices
@@ -35,7 +37,7 @@ def telemetry(*samples: tuple[str, datetime]) -> bytes:
 
 
 def produce(settings: Settings, topic: str, *values: bytes) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    producer = KafkaProducer(**access(settings, "admin").client_config())
     for value in values:
         producer.send(topic, key=b"s1/rack-k1", value=value).get(timeout=30)
     producer.close()
@@ -45,14 +47,14 @@ def landed(settings: Settings, bucket: str, since: datetime) -> set[str]:
     """The devices (or, without a device tag, the measurements) in `bucket` since a minute before `since`."""
     query = (f"from(bucket: {flux_string(bucket)}) |> range(start: {flux_time(since - timedelta(minutes=1))})"
              ' |> filter(fn: (r) => r._field == "seq" or r._measurement == "pue")')
-    token = settings.influx.read_token.get_secret_value()  # the sandbox's read-only token
+    token = influx_token(settings, "read")  # the sandbox's read-only token
     return {row.get("device") or row["_measurement"] for row in read_rows(settings.influx.url, token,
                                                                           settings.influx.org, query)}
 
 
 @contextmanager
 def admin(settings: Settings) -> Iterator[KafkaAdminClient]:
-    client = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    client = KafkaAdminClient(**access(settings, "admin").client_config())
     try:
         yield client
     finally:
@@ -76,13 +78,13 @@ def isolated(services: LocalServices, settings: Settings) -> Iterator[Settings]:
 
 def test_sinks_land_good_lines_dead_letter_the_rest_and_commit_after(isolated: Settings) -> None:
     settings, now = isolated, utc_now()
-    letters = KafkaConsumer(settings.topics.deadletter, bootstrap_servers=settings.kafka.bootstrap,
+    letters = KafkaConsumer(settings.topics.deadletter, **access(settings, "admin").client_config(),
                             auto_offset_reset="earliest", consumer_timeout_ms=500)
     produce(settings, settings.topics.telemetry_valid,
             telemetry(("pdu-1", now), ("pdu-old", now - timedelta(hours=80)), ("pdu-2", now)), b"{not json")
     point = AnalyticsPoint(measurement="pue", tags={"site": "s1"}, fields={"pue": 1.2}, time=now.replace(second=0))
     produce(settings, settings.topics.pue, point.to_bytes())
-    token = settings.influx.write_token.get_secret_value()
+    token = influx_token(settings, "write")
     sinks = build_sinks(settings, lambda: InfluxWriter(settings.influx.url, token, settings.influx.org))
     threads = [threading.Thread(target=sink.run) for sink in sinks]
     for thread in threads:

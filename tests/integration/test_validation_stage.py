@@ -21,6 +21,7 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from dcpulse.kafka_clients import access
 from dcpulse.contract import DEADLETTER_ORIGINAL_BYTES, WATERMARK_SCHEMA, agent_key, utc_now, watermark_key
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import KeyPartitioner
@@ -70,7 +71,7 @@ class Raw:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.telemetry
-        self.producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all",
+        self.producer = KafkaProducer(**access(settings, "admin").client_config(), acks="all",
                                       compression_type="gzip", max_request_size=4 * 1024 * 1024)
         self.partitioner = KeyPartitioner(settings.topics.telemetry_partitions)
         self.futures: list[Any] = []

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.producers.scenario_args import current_minute
@@ -50,7 +51,7 @@ def run_replay(services, base: Settings, recorded, speed: float | None, workers:
     start, recording, topic, expected, transitions = recorded
     with isolated(services, base, name) as settings, \
             running_pipeline(settings, log_dir=tmp_path / name, workers=workers) as pipeline:
-        replayer = threading.Thread(target=replay, args=(settings.kafka.bootstrap, recording),
+        replayer = threading.Thread(target=replay, args=(access(settings, "admin"), recording),
                                     kwargs={"speed": speed, "topic_map": {topic: settings.topics.telemetry}})
         replayer.start()
         if kill_after_s is not None:

@@ -49,10 +49,10 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_masked_dump_never_contains_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DCPULSE_INFLUX__WRITE_TOKEN", "super-secret-write-token")
+    monkeypatch.setenv("DCPULSE_ALERTMANAGER__WEBHOOK_URL", "https://oncall.example/hook?key=super-secret")
     s = Settings()
-    assert s.influx.write_token is not None
-    assert s.influx.write_token.get_secret_value() == "super-secret-write-token"
+    assert s.alertmanager.webhook_url is not None
+    assert s.alertmanager.webhook_url.get_secret_value().endswith("super-secret")
     dumped = masked_dump(s)
     assert "super-secret" not in str(dumped)
-    assert dumped["influx"]["write_token"] == "**********"
+    assert dumped["alertmanager"]["webhook_url"] == "**********"
