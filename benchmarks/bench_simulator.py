@@ -8,30 +8,30 @@
    real time on one core for hengqin), messages (agent batches)/s and device samples/s.
 2. Publisher (skipped with --publish-seconds 0): the simulator's records, generated into memory
    first, published through TelemetryPublisher (batches to their key's partition, each tick's
-   watermark to every partition) into a fresh topic as fast as possible, against kafka-python's
-   own producer benchmark (kafka.benchmarks.producer_performance) sending the same number of
-   records of the same mean size with the same producer settings into another fresh topic
-   (target ratio >= 0.7).
+   watermark to every partition) into a fresh topic as fast as possible, against a bare
+   kafka-python producer (what kafka.benchmarks.producer_performance does, in this process so
+   its login stays off the command line) sending the same number of records of the same mean
+   size with the same producer settings into another fresh topic (target ratio >= 0.7). Both
+   log in as the agent role.
 Starts the local servers if needed (`dcpulse services up`); deletes its topics at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
+import os
 import time
 import uuid
 
-from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from dcpulse.kafka_clients import PRODUCER_DEFAULTS
+from dcpulse import kafka_clients
+from dcpulse.kafka_clients import access
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
+from dcpulse.services.kafka_acls import Grant, grant, revoke
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 
@@ -52,7 +52,7 @@ def publish(settings: Settings, preset: str, seconds: float, topic: str) -> dict
     sends: list[tuple[bool, bytes, bytes, int]] = []  # (to every partition?, key, value, timestamp)
     stats = run_scenario(sim, seconds, None, lambda k, v, t: sends.append((False, k, v, t)),
                          lambda k, v, t: sends.append((True, k, v, t)))
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, topic)
+    publisher = TelemetryPublisher(access(settings, "agent"), topic)
     copies = publisher.partitioner.partitions  # fetches the metadata before the clock starts
     started = time.monotonic()
     for everywhere, key, value, timestamp in sends:
@@ -68,14 +68,21 @@ def publish(settings: Settings, preset: str, seconds: float, topic: str) -> dict
 
 
 def kafka_python_baseline(settings: Settings, count: int, size: int, topic: str) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "kafka.benchmarks.producer_performance", "-b", settings.kafka.bootstrap,
-           "-t", topic, "--num-records", str(count), "--record-size", str(size), "--stats-interval", "60",
-           "-c", *[f"{k}={v}" for k, v in PRODUCER_DEFAULTS.items()]]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    seconds = float(re.search(r"Execution time: ([\d.]+) secs", out).group(1))
-    ok, failed = map(int, re.search(r"(\d+) suceeded, (\d+) failed", out).groups())
-    if failed or ok != count:
-        raise RuntimeError(f"baseline: {ok} succeeded, {failed} failed")
+    """A bare kafka-python producer with the same settings and login sending `count` records
+    of `size` random bytes (as kafka-python's own producer_performance does), flush included."""
+    producer = kafka_clients.producer(access(settings, "agent"), "bench-baseline")
+    payload = os.urandom(size)
+    producer.partitions_for(topic)  # the metadata before the clock starts
+    futures = []
+    started = time.monotonic()
+    for _ in range(count):
+        futures.append(producer.send(topic, payload))
+    producer.flush()
+    seconds = time.monotonic() - started
+    producer.close()
+    failed = sum(1 for f in futures if f.failed())
+    if failed:
+        raise RuntimeError(f"baseline: {failed} of {count} failed")
     return {"records": count, "wall_s": seconds, "records_per_s": count / seconds}
 
 
@@ -98,12 +105,16 @@ def main() -> None:
     LocalServices(settings).up(lambda _m: None)
     run_id = uuid.uuid4().hex[:8]
     topics = [f"bench.sim.{run_id}", f"bench.baseline.{run_id}"]
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    kafka = access(settings, "admin")
+    admin = kafka_clients.admin(kafka, "bench-simulator")
     admin.create_topics([NewTopic(t, settings.topics.telemetry_partitions, 1) for t in topics])
+    may_write = [Grant("agent", "write", "topic", t) for t in topics]
+    grant(kafka, may_write)
     try:
         ours = publish(settings, args.preset, args.publish_seconds, topics[0])
         base = kafka_python_baseline(settings, int(ours["records"]), int(round(ours["mean_bytes"])), topics[1])
     finally:
+        revoke(kafka, may_write)
         admin.delete_topics(topics)
         admin.close()
     print(f"publish, {args.preset}, {args.publish_seconds:.0f} simulated s: {ours['messages']:,.0f} messages "

@@ -39,9 +39,10 @@ from datetime import timedelta
 from influxdb_client import InfluxDBClient, Point, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.service.write_service import WriteService
-from kafka import KafkaAdminClient
 
+from dcpulse import kafka_clients
 from dcpulse.contract import TelemetryBatch, utc_now
+from dcpulse.kafka_clients import access
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario, current_minute
@@ -129,7 +130,7 @@ def ceiling(settings: Settings, token: str, bucket: str, records: list[Record]) 
 
 
 def produce(settings: Settings, records: list[Record]) -> None:
-    publisher = TelemetryPublisher(settings.kafka.bootstrap, settings.topics.telemetry_valid)
+    publisher = TelemetryPublisher(access(settings, "admin"), settings.topics.telemetry_valid)  # as a worker would
     for key, value, ts_ms in records:
         publisher.publish_raw(key, value, ts_ms)
     publisher.close()
@@ -228,7 +229,7 @@ def main() -> None:
             del points
             ours, sink, first_write_s = run_sink(settings, token, raw, n, args.profile, args.timeout)
             counts = [stored(client, bucket) for bucket in (raw, *extra)]
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        admin = kafka_clients.admin(access(settings, "admin"), "bench-sink")
         try:
             admin.delete_groups([settings.topics.group("sink-bench")])  # the sandbox deletes topics, not groups
         finally:

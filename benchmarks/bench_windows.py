@@ -74,9 +74,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from dcpulse.kafka_clients import KafkaAccess
 
 # The workers' own imports stay light; dcpulse modules load where they are used.
 
@@ -89,9 +92,13 @@ Record = tuple[int, int | None, bytes | None, bytes | None]  # (partition, Kafka
 
 # ---- Quix Streams worker (its own process: `bench_windows.py --quix-worker ...`) -----------------
 
-def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_dir: str, site_grace_s: str) -> None:
+def quix_worker(source: str, group: str, out_topic: str, state_dir: str, site_grace_s: str) -> None:
     from quixstreams import Application
     from quixstreams.dataframe.windows import Collect, Last, Mean, Reduce
+    from quixstreams.kafka.configuration import ConnectionConfig
+
+    from dcpulse.kafka_clients import access
+    from dcpulse.settings import Settings
 
     from dcpulse.settings import AnalyticsSettings
     from dcpulse.streams.energy import percentile, window_energy
@@ -224,7 +231,10 @@ def quix_worker(bootstrap: str, source: str, group: str, out_topic: str, state_d
     def processed(*_: Any) -> None:
         progress["messages"] += 1
 
-    app = Application(broker_address=bootstrap, consumer_group=group, auto_offset_reset="earliest",
+    kafka = access(Settings(), "admin")  # the same broker login as the monitor's, from its file
+    login = dict(line.split("=", 1) for line in kafka.librdkafka_config().splitlines())
+    broker = ConnectionConfig.from_librdkafka_dict({"bootstrap.servers": kafka.bootstrap, **login})
+    app = Application(broker_address=broker, consumer_group=group, auto_offset_reset="earliest",
                       commit_interval=COMMIT_INTERVAL_S, state_dir=state_dir, loglevel="WARNING",
                       on_message_processed=processed)
     raw = app.topic(source, value_deserializer="json")
@@ -259,7 +269,7 @@ def faust_noop_worker(source: str, group: str) -> None:
 
     settings = Settings()
     batch = settings.analytics
-    app = faust_app(group, settings)
+    app = faust_app(group, settings, role="admin")  # its group is no pipeline's
     raw = app.topic(source, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
     @app.agent(raw, concurrency=1)
@@ -275,11 +285,11 @@ def faust_noop_worker(source: str, group: str) -> None:
 class Kafka:
     """The monitor's kafka-python admin client and a reader."""
 
-    def __init__(self, bootstrap: str) -> None:
-        from kafka import KafkaAdminClient
+    def __init__(self, kafka: KafkaAccess) -> None:
+        from dcpulse import kafka_clients
 
-        self.bootstrap = bootstrap
-        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-windows")
+        self.kafka = kafka
+        self.admin = kafka_clients.admin(kafka, "bench-windows")
 
     def partitions(self, topic: str) -> int:
         return len(self.admin.describe_topics([topic])[0]["partitions"])
@@ -328,7 +338,7 @@ class Kafka:
         if not tps:
             return []
         out: dict[int, list[Record]] = defaultdict(list)
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+        consumer = KafkaConsumer(**self.kafka.client_config(), enable_auto_commit=False, group_id=None,
                                  max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
         try:
             consumer.assign(tps)
@@ -370,7 +380,7 @@ class Produced:
     wall_s: float
 
 
-def produce(bootstrap: str, topics: list[str], samples: int) -> Produced:
+def produce(kafka: KafkaAccess, topics: list[str], samples: int) -> Produced:
     """Whole hengqin ticks until they hold at least `samples` samples, every batch and watermark
     published to each of `topics` (identical copies)."""
     from dcpulse.producers.publisher import TelemetryPublisher
@@ -379,7 +389,7 @@ def produce(bootstrap: str, topics: list[str], samples: int) -> Produced:
     from dcpulse.producers.simulator import ScenarioSimulator
 
     sim = ScenarioSimulator(build_scenario(["hengqin"], None, [], SEED, START))
-    publishers = [TelemetryPublisher(bootstrap, topic) for topic in topics]
+    publishers = [TelemetryPublisher(kafka, topic) for topic in topics]
     seen = [0]
 
     def send(key: bytes, value: bytes, ts_ms: int) -> None:
@@ -579,7 +589,7 @@ def run_quix(kafka: Kafka, prefix: str, source: str, index: SampleIndex, workdir
              broker_pid: int | None, site_grace_s: float) -> tuple[StageRun, dict, list[dict]]:
     group, out_topic = f"{prefix}-quix", f"{prefix}.quix-results"
     log = workdir / "quix.log"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", kafka.bootstrap, source, group,
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--quix-worker", source, group,
            out_topic, str(workdir / "quix-state"), str(site_grace_s)]
     # Quix's site windows close on later partials' timestamps: give its repartition topic time to drain.
     run = run_workers(kafka, group, source, index, [cmd], dict(os.environ), [log], timeout_s, broker_pid,
@@ -641,6 +651,8 @@ def main() -> None:
     from importlib.metadata import version
 
     from dcpulse.services.manager import LocalServices
+    from dcpulse.kafka_clients import access
+    from dcpulse.services.kafka_acls import grant, pipeline_grants, revoke
     from dcpulse.services.topics import ensure_topics, topic_specs
     from dcpulse.settings import Settings, TopicSettings
     from dcpulse.streams.offline import reference_results
@@ -656,14 +668,16 @@ def main() -> None:
     pipelines = [Pipeline(f"bench-windows-{run_id}-{i}",
                           TopicSettings(prefix=f"bench-windows-{run_id}-{i}", telemetry_retention_hours=age_h + 24 * 30))
                  for i in range(len(counts))]
-    kafka = Kafka(settings.kafka.bootstrap)
+    admin = access(settings, "admin")
+    kafka = Kafka(admin)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-windows-{run_id}-"))
     groups = [p.group for p in pipelines] + [f"{pipelines[0].prefix}-quix", f"{pipelines[0].prefix}-faust-noop"]
     try:
         for pipeline in pipelines:
-            ensure_topics(settings.kafka.bootstrap, topic_specs(pipeline.topics))
+            ensure_topics(admin, topic_specs(pipeline.topics))
+            grant(admin, pipeline_grants(pipeline.topics))
         source = pipelines[0].topics.telemetry
-        produced = produce(settings.kafka.bootstrap, [p.topics.telemetry for p in pipelines], args.samples)
+        produced = produce(admin, [p.topics.telemetry for p in pipelines], args.samples)
         print(f"produced {produced.samples:,} hengqin samples in {produced.batches:,} batches and {produced.ticks} "
               f"ticks ({produced.sim_s:.0f} simulated s, {produced.bytes / produced.batches:,.0f} B per batch) in "
               f"{produced.wall_s:.1f} s into {len(pipelines)} cop{'y' if len(pipelines) == 1 else 'ies'} of a "
@@ -711,13 +725,15 @@ def main() -> None:
         for line in compare(ours, reference, theirs):
             print(line, flush=True)
     finally:
+        for pipeline in pipelines:
+            revoke(admin, pipeline_grants(pipeline.topics))
         kafka.delete(run_id, groups)
         kafka.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 8 and sys.argv[1] == "--quix-worker":
+    if len(sys.argv) == 7 and sys.argv[1] == "--quix-worker":
         quix_worker(*sys.argv[2:])
     elif len(sys.argv) == 4 and sys.argv[1] == "--faust-noop-worker":
         faust_noop_worker(*sys.argv[2:])

@@ -30,7 +30,7 @@ from faust.types import TP, EventT
 from kafka import TopicPartition
 
 from dcpulse.contract import AnalyticsPoint
-from dcpulse.kafka_clients import SASL_MECHANISM, KafkaAccess, access, consumer
+from dcpulse.kafka_clients import SASL_MECHANISM, KafkaAccess, Role, access, consumer
 from dcpulse.log import RepeatLimiter, get_logger
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
@@ -123,10 +123,10 @@ def broker_credentials(kafka: KafkaAccess) -> faust.SASLCredentials | None:
                                  ssl_context=kafka.ssl_context(), mechanism=SASL_MECHANISM)
 
 
-def faust_app(app_id: str, settings: Settings) -> faust.App:
+def faust_app(app_id: str, settings: Settings, role: Role = "worker") -> faust.App:
     """A Faust app with the client settings every dcpulse worker uses (and the benchmarks' too),
-    logged in as the worker role."""
-    kafka = access(settings, "worker")
+    logged in as `role`."""
+    kafka = access(settings, role)
     return faust.App(
         app_id,
         broker=f"kafka://{kafka.bootstrap}",

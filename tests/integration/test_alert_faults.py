@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from dcpulse.services.onboarding import influx_token
 from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.services.manager import LocalServices
+from dcpulse.services.onboarding import influx_token
 from dcpulse.settings import Settings
 from dcpulse.sinks.alertmanager import AlertmanagerClient
 from dcpulse.sinks.query import flux_string, read_rows

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from dcpulse.kafka_clients import access
 from dcpulse.contract import DeviceKind
 from dcpulse.demo import demo_record, publish, wait_for_samples
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
 from dcpulse.services.onboarding import influx_token

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,10 @@ from influxdb_client.rest import ApiException
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from dcpulse.services.onboarding import influx_token
 from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.services.manager import LocalServices
+from dcpulse.services.onboarding import influx_token
 from dcpulse.services.topics import topic_specs
 from dcpulse.settings import Settings
 from tests.integration.support import isolated
@@ -150,3 +152,41 @@ def test_pipeline_stages_get_only_the_tokens_they_need(services: LocalServices, 
         worker, sink = _environ(pipe.procs["streams-1"].pid), _environ(pipe.procs["sink"].pid)
     assert not {"DCPULSE_INFLUX__WRITE_TOKEN_FILE", "DCPULSE_INFLUX__READ_TOKEN_FILE"} & worker.keys()
     assert "DCPULSE_INFLUX__WRITE_TOKEN_FILE" in sink and "DCPULSE_INFLUX__READ_TOKEN_FILE" not in sink
+
+
+def _secrets(services: LocalServices, *settings: Settings) -> dict[str, str]:
+    """Every password and token dcpulse holds: Kafka logins, InfluxDB credentials, sandboxes' tokens."""
+    creds = services.credentials()
+    found = {"influx admin token": creds.admin_token, "influx admin password": creds.admin_password,
+             "influx write token": creds.write_token, "influx read token": creds.read_token}
+    for s in settings:
+        found |= {f"{s.topics.prefix} {access} token": influx_token(s, access) for access in ("write", "read")}
+        for path in s.kafka_secrets_dir.glob("*.json"):
+            found[f"kafka {path.stem} password"] = json.loads(path.read_text())["password"]
+    return found
+
+
+def _process_text(pid: int) -> str:
+    proc = Path(f"/proc/{pid}")
+    return (proc / "cmdline").read_bytes().decode(errors="replace") + (proc / "environ").read_bytes().decode(errors="replace")
+
+
+def test_no_password_or_token_in_any_process_log_or_config_show(services: LocalServices, settings: Settings,
+                                                               tmp_path: Path) -> None:
+    """`ps eww` of every process dcpulse starts (servers, stream worker, sink), every log they
+    write and `dcpulse config show`: no secret in any of them."""
+    with isolated(services, settings, "leaks") as sandboxed, running_pipeline(sandboxed, log_dir=tmp_path) as pipe:
+        secrets = _secrets(services, settings, sandboxed)
+        assert len(secrets) >= 15 and all(secrets.values())
+        pids = {row.name: row.pid for row in services.status()} | {n: p.pid for n, p in pipe.procs.items()}
+        seen = {name: _process_text(pid) for name, pid in pids.items() if pid is not None}
+        shown = subprocess.run([sys.executable, "-m", "dcpulse.cli", "config", "show"], capture_output=True,
+                               text=True, check=True).stdout
+    assert {"kafka", "influxdb", "streams-1", "sink"} <= seen.keys()
+    assert "secrets" in shown  # the positive control: the settings were shown
+    logs = {str(p): p.read_text(errors="replace") for p in
+            [*services.log_files().values(), *tmp_path.glob("*.log"), services.kafka.state / "format.log"]}
+    assert any("Kafka Server started" in text for text in logs.values())
+    for where, text in {**seen, **logs, "config show": shown}.items():
+        leaked = [what for what, secret in secrets.items() if secret in text]
+        assert not leaked, f"{where}: {leaked}"

@@ -14,9 +14,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
+from dcpulse.contract import TelemetryBatch, Watermark, agent_key, watermark_key
 from dcpulse.kafka_clients import access
 from dcpulse.services.kafka_acls import Grant, grant, revoke
-from dcpulse.contract import TelemetryBatch, Watermark, agent_key, watermark_key
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from tests.integration.support import kcat_config
