@@ -180,6 +180,16 @@ class ValidationSettings(BaseModel):
     )
 
 
+class SinkSettings(BaseModel):
+    """`dcpulse sink`: its place in the sinks' consumer groups."""
+
+    instance: str = Field("1", pattern=r"^[A-Za-z0-9._-]+$", description="This sink's static member name in its "
+                          "groups: unique among a pipeline's sinks running at once; a sink restarted (even after "
+                          "kill -9) with the same name gets its partitions back at once")
+    session_timeout_s: float = Field(10.0, ge=6, le=1800, description="A sink silent this long (hung, or killed "
+                                     "and not restarted) loses its partitions to the other sinks")
+
+
 class AlertSettings(BaseModel):
     """The stream workers' alert rules (docs/alerts.md)."""
 
@@ -228,6 +238,7 @@ class Settings(BaseSettings):
     services: ServicesSettings = ServicesSettings()
     analytics: AnalyticsSettings = AnalyticsSettings()
     validation: ValidationSettings = ValidationSettings()
+    sink: SinkSettings = SinkSettings()
     alerts: AlertSettings = AlertSettings()
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
     console: ConsoleSettings = ConsoleSettings()

@@ -36,9 +36,6 @@ CONSUMER_CONFIG: dict[str, int] = {
     "fetch_max_bytes": 32 * 1024 * 1024,
     "fetch_min_bytes": 256 * 1024,
     "fetch_max_wait_ms": 100,
-    # A killed sink's partitions move after 10 s instead of 45 s (heartbeats every 3 s).
-    "session_timeout_ms": 10_000,
-    "heartbeat_interval_ms": 3_000,
 }
 
 
@@ -46,7 +43,14 @@ def kafka_sink(settings: Settings, writer: InfluxWriter, *, name: str, topics: l
                convert: Convert) -> Sink:
     """A sink reading `topics` in the consumer group `settings.topics.group(f"sink-{name}")`."""
     kafka, client_id = kafka_clients.access(settings, "sink"), f"{settings.topics.prefix}-sink-{name}"
+    session_ms = round(settings.sink.session_timeout_s * 1000)
+    # A static member (KIP-345): a restarted sink rejoins as itself and gets its partitions back at
+    # once, where a new member waits for the killed one's session to expire (45 s by default).
+    # Static members never leave a group, so a sink stopped for good hands its partitions to the
+    # others after the session timeout.
     consumer = kafka_clients.consumer(kafka, client_id, *topics, group_id=settings.topics.group(f"sink-{name}"),
+                                      group_instance_id=f"{client_id}-{settings.sink.instance}",
+                                      session_timeout_ms=session_ms, heartbeat_interval_ms=min(3000, session_ms // 3),
                                       **CONSUMER_CONFIG)
     # A dead-letter send waits at most 10 s for metadata, so a stop is never held up for long.
     dead_letters = DeadLetters(lambda: kafka_clients.producer(kafka, client_id, max_block_ms=10_000),

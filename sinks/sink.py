@@ -85,8 +85,8 @@ class Sink:
 
     def run(self) -> None:
         """Until `stopping` is set; then the batch in flight is finished if InfluxDB takes it at
-        once, and the consumer leaves its group so its partitions move without waiting for the
-        session timeout."""
+        once, and the consumer closes (a static member stays in its group: a sink restarted with
+        the same `sink.instance` takes its partitions back at once)."""
         log.info("sink started", sink=self.name, bucket=self.bucket)
         try:
             while not self.stopping.is_set():
