@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 import orjson
@@ -79,6 +80,31 @@ def services_status() -> None:
     sys.exit(0 if all(row.healthy for row in rows) else 1)
 
 
+@services.command("kafka-files")
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--service", default="kafka", show_default=True, help="The broker's name on the compose network")
+def services_kafka_files(output: Path, service: str) -> None:
+    """For docker/compose.yaml: the broker's CA, certificate, role logins, server.properties and
+    format arguments in OUTPUT (0600; existing secrets kept)."""
+    from dcpulse.services.compose_files import write_broker_files
+    from dcpulse.services.kafka_security import BrokerSecrets
+
+    write_broker_files(BrokerSecrets(output), load_settings().kafka, service)
+    say(f"broker files in {output}")
+
+
+@services.command("influx-tokens")
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--admin-token-file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def services_influx_tokens(output: Path, admin_token_file: Path) -> None:
+    """For docker/compose.yaml: mint the write-only and read-only tokens of the dcpulse buckets
+    into OUTPUT/write-token and read-token (0600; kept if there)."""
+    from dcpulse.services.compose_files import write_influx_tokens
+
+    write_influx_tokens(load_settings().influx, admin_token_file.read_text().strip(), output)
+    say(f"tokens in {output}")
+
+
 @services.command("logs")
 @click.argument("name", required=False, type=click.Choice(["kafka", "influxdb", "alertmanager"]))
 @click.option("-n", "--lines", default=40, show_default=True, help="Lines from the end of each log")
@@ -103,7 +129,6 @@ def schema() -> None:
 @click.argument("directory", type=click.Path(file_okay=False), default="docs/schema")
 def schema_export(directory: str) -> None:
     """Write telemetry-v1 and deadletter-v1 JSON Schemas into DIRECTORY."""
-    from pathlib import Path
 
     from dcpulse.schemas import export
 

@@ -141,11 +141,13 @@ class KafkaServer:
     def configure(self) -> None:
         """Write config files and format the KRaft metadata log once, with every role's SCRAM
         login whatever the security setting (so it can be switched without a new format)."""
-        self.secrets.ensure(self.settings)
-        secure = self.settings.security == "sasl_ssl"
+        s = self.settings
+        self.secrets.ensure([s.host])
+        secure = s.security == "sasl_ssl"
+        security = self.secrets.server_properties({"SASL_SSL": (f"{s.host}:{s.port}",) * 2},
+                                                  f"{s.host}:{s.controller_port}") if secure else {}
         # 0600: with security on it holds the broker's own password.
-        write_private(self.conf_dir / "server.properties", render_server_properties(
-            self.settings, self.data_dir, self.secrets.server_properties(self.settings) if secure else {}))
+        write_private(self.conf_dir / "server.properties", render_server_properties(s, self.data_dir, security))
         (self.conf_dir / "log4j.properties").write_text(LOG4J_PROPERTIES)
         logins_marker = self.state / "scram-logins"
         if (self.data_dir / "meta.properties").exists():

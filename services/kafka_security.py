@@ -22,7 +22,6 @@ from cryptography.x509.oid import NameOID
 
 from dcpulse.kafka_clients import ROLES, SASL_MECHANISM, credentials_file
 from dcpulse.private_files import write_private
-from dcpulse.settings import KafkaSettings, TopicSettings
 
 BROKER_USER = "broker"  # the broker's own SCRAM login (inter-broker listener)
 BROKER_CN = "dcpulse-broker"  # its certificate's subject: its principal on the controller listener
@@ -43,8 +42,9 @@ def _pem_cert(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def make_certificates(host: str, now: dt.datetime) -> tuple[str, str, str]:
-    """(CA certificate, CA key, broker key + certificate chain) as PEM, for a broker at `host`."""
+def make_certificates(hosts: list[str], now: dt.datetime) -> tuple[str, str, str]:
+    """(CA certificate, CA key, broker key + certificate chain) as PEM, for a broker reached as
+    localhost or any of `hosts` (names or IP addresses)."""
     ca_key, broker_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     until = now + dt.timedelta(days=CERT_DAYS)
     ca = (x509.CertificateBuilder().subject_name(_name("dcpulse local CA")).issuer_name(_name("dcpulse local CA"))
@@ -56,10 +56,11 @@ def make_certificates(host: str, now: dt.datetime) -> tuple[str, str, str]:
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    try:
-        names.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        names.append(x509.DNSName(host))
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
     broker = (x509.CertificateBuilder().subject_name(_name(BROKER_CN)).issuer_name(ca.subject)
               .public_key(broker_key.public_key()).serial_number(x509.random_serial_number())
               .not_valid_before(now).not_valid_after(until)
@@ -87,10 +88,11 @@ class BrokerSecrets:
     def login(self, user: str) -> dict[str, str]:
         return json.loads(credentials_file(self.directory, user).read_text())
 
-    def ensure(self, settings: KafkaSettings) -> None:
-        """Create what is missing: certificates once, a random password per role and the broker."""
+    def ensure(self, hosts: list[str]) -> None:
+        """Create what is missing: certificates once (for a broker reached as one of `hosts`), a
+        random password per role and the broker."""
         if not self.key_store.exists():
-            ca_cert, ca_key, broker = make_certificates(settings.host, dt.datetime.now(dt.timezone.utc))
+            ca_cert, ca_key, broker = make_certificates(hosts, dt.datetime.now(dt.timezone.utc))
             write_private(self.directory / "ca-key.pem", ca_key)
             write_private(self.key_store, broker)
             write_private(self.ca, ca_cert)
@@ -108,19 +110,22 @@ class BrokerSecrets:
             args += ["--add-scram", f"{SASL_MECHANISM}=[name={login['username']},password={login['password']}]"]
         return args
 
-    def server_properties(self, settings: KafkaSettings) -> dict[str, str]:
-        """SASL_SSL for clients, mutual TLS for the controller listener, the KRaft authorizer."""
-        h, broker = settings.host, self.login(BROKER_USER)
+    def server_properties(self, listeners: dict[str, tuple[str, str]], controller: str) -> dict[str, str]:
+        """SASL_SSL on every client listener (`listeners`: name -> (bind, advertised) address; the
+        first also carries inter-broker traffic), mutual TLS on the controller listener (bind
+        address `controller`), the KRaft authorizer."""
+        broker = self.login(BROKER_USER)
         jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
                 f'username="{broker["username"]}" password="{broker["password"]}";')
+        names = list(listeners)
         return {
-            "listeners": f"SASL_SSL://{h}:{settings.port},CONTROLLER://{h}:{settings.controller_port}",
-            "advertised.listeners": f"SASL_SSL://{h}:{settings.port}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
-            "inter.broker.listener.name": "SASL_SSL",
+            "listeners": ",".join([*(f"{n}://{bind}" for n, (bind, _) in listeners.items()), f"CONTROLLER://{controller}"]),
+            "advertised.listeners": ",".join(f"{n}://{advertised}" for n, (_, advertised) in listeners.items()),
+            "listener.security.protocol.map": ",".join([*(f"{n}:SASL_SSL" for n in names), "CONTROLLER:SSL"]),
+            "inter.broker.listener.name": names[0],
             "sasl.enabled.mechanisms": SASL_MECHANISM,
             "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            **{f"listener.name.{n.lower()}.scram-sha-512.sasl.jaas.config": jaas for n in names},
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self.key_store),
             "ssl.truststore.type": "PEM",

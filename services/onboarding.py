@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -85,10 +85,12 @@ class InfluxOnboarding:
                     "is missing: stop it and remove its state directory to start over"
                 )
             http.headers["Authorization"] = f"Token {creds.admin_token}"
-            bucket_ids = self._ensure_buckets(http, creds.org_id)
             if not (creds.write_token and creds.read_token):  # fresh, or minting was interrupted
-                creds = self._mint_tokens(http, creds, bucket_ids)
+                write, read = self.scoped_tokens(http, creds.org_id)
+                creds = replace(creds, write_token=write, read_token=read)
                 save_credentials(self.credentials_file, creds)
+            else:
+                self._ensure_buckets(http, creds.org_id)
         # Each scoped token in a file of its own: a process reads only the one it needs.
         write_private(self.credentials_file.with_name("write-token"), creds.write_token)
         write_private(self.credentials_file.with_name("read-token"), creds.read_token)
@@ -132,20 +134,20 @@ class InfluxOnboarding:
             ids.append(created.json()["id"])
         return ids
 
-    def _mint_tokens(self, http: httpx.Client, creds: Credentials, bucket_ids: list[str]) -> Credentials:
+    def scoped_tokens(self, http: httpx.Client, org_id: str) -> tuple[str, str]:
+        """With an admin-authorised client: the buckets (those missing), then a new write-only
+        and a new read-only token of them."""
+        bucket_ids = self._ensure_buckets(http, org_id)
+
         def mint(description: str, actions: tuple[str, ...]) -> str:
             response = http.post("/api/v2/authorizations", json={
-                "orgID": creds.org_id, "description": description,
-                "permissions": bucket_permissions(actions, creds.org_id, bucket_ids),
+                "orgID": org_id, "description": description,
+                "permissions": bucket_permissions(actions, org_id, bucket_ids),
             })
             _raise_for(response, f"creating token {description!r}")
             return response.json()["token"]
 
-        return Credentials(
-            org_id=creds.org_id, admin_token=creds.admin_token, admin_password=creds.admin_password,
-            write_token=mint("dcpulse sink: write-only", ("write",)),
-            read_token=mint("dcpulse queries: read-only", ("read",)),
-        )
+        return mint("dcpulse sink: write-only", ("write",)), mint("dcpulse queries: read-only", ("read",))
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:

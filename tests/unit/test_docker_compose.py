@@ -70,5 +70,47 @@ def test_dcpulse_containers_run_real_cli_commands() -> None:
 
 def test_dockerfile_copies_every_package_dir() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    for folder in ("dcpulse", "producers", "streams", "sinks", "services"):
+    for folder in ("dcpulse", "producers", "streams", "sinks", "services", "views"):
         assert f"COPY {folder} ./{folder}" in dockerfile
+
+
+def test_long_running_containers_hold_no_admin_token_and_the_worker_no_token() -> None:
+    """The admin token reaches only InfluxDB's own set-up and the one-shot that mints the scoped
+    tokens (as a compose secret, a file); the worker gets no token, the sink only the write one's file."""
+    for name, service in SERVICES.items():
+        env = service.get("environment") or {}
+        if name != "influxdb":
+            assert not any("ADMIN_TOKEN" in str(v) for v in env.values()), name
+    assert not [v for v in SERVICES["dcpulse-streams"]["volumes"] if "tokens" in v]
+    assert SERVICES["dcpulse-sink"]["environment"]["DCPULSE_INFLUX__WRITE_TOKEN_FILE"] == "/tokens/write-token"
+    assert "influx-tokens:/tokens:ro" in SERVICES["dcpulse-sink"]["volumes"]
+    assert SERVICES["dcpulse-influx-tokens"]["secrets"] == ["influx-admin-token"]
+
+
+def test_every_kafka_client_container_logs_in_from_the_secrets_volume() -> None:
+    for name in ("dcpulse-topics", "dcpulse-streams", "dcpulse-sink"):
+        service = SERVICES[name]
+        assert service["environment"]["DCPULSE_KAFKA__SECRETS_DIR"] == "/secrets", name
+        assert "kafka-secrets:/secrets:ro" in service["volumes"], name
+
+
+def test_the_broker_runs_the_secured_properties_the_secrets_container_writes(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dcpulse.cli import main
+
+    kafka = SERVICES["kafka"]
+    secrets_cmd = SERVICES["dcpulse-secrets"]["command"]
+    assert secrets_cmd[:3] == ["dcpulse", "services", "kafka-files"] and secrets_cmd[3] == "/secrets"
+    result = CliRunner().invoke(main, ["services", "kafka-files", str(tmp_path), *secrets_cmd[4:]])
+    assert result.exit_code == 0, result.output
+    props = dict(line.split("=", 1) for line in (tmp_path / "server.properties").read_text().splitlines())
+    assert props["listener.security.protocol.map"] == "INTERNAL:SASL_SSL,HOST:SASL_SSL,CONTROLLER:SSL"
+    assert props["advertised.listeners"] == "INTERNAL://kafka:19092,HOST://127.0.0.1:9092"
+    assert SERVICES["dcpulse-topics"]["environment"]["DCPULSE_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:19092"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    for name in ("server.properties", "format.args", "admin.json", "broker.pem", "admin-client.properties"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    command = " ".join(kafka["command"])
+    assert "@/secrets/format.args" in command and "/secrets/server.properties" in command
+    assert "password" not in command and "admin-client.properties" in kafka["healthcheck"]["test"][1]

@@ -25,11 +25,18 @@ def test_pom_pins_kafka_and_a_logging_backend() -> None:
 
 
 def test_server_properties_listen_on_loopback_only(tmp_path: Path) -> None:
+    from dcpulse.services.kafka_security import BrokerSecrets
+
     s = Settings().kafka
     props = dict(
-        line.split("=", 1) for line in render_server_properties(s, tmp_path).splitlines()
+        line.split("=", 1) for line in render_server_properties(s, tmp_path, {}).splitlines()
     )
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    secrets = BrokerSecrets(tmp_path / "secrets")
+    secrets.ensure([s.host])
+    secured = secrets.server_properties({"SASL_SSL": ("127.0.0.1:9092", "127.0.0.1:9092")}, "127.0.0.1:9093")
+    secure = dict(line.split("=", 1) for line in render_server_properties(s, tmp_path, secured).splitlines())
+    assert secure["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert props["log.dirs"] == str(tmp_path)
     assert props["offsets.topic.replication.factor"] == "1"
@@ -155,3 +162,20 @@ def test_topic_specs_follow_settings() -> None:
     raw = specs["dcpulse.telemetry.v2"]
     assert raw.partitions == 4 and raw.configs()["retention.ms"] == str(2 * 3_600_000)
     assert all(name.startswith("dcpulse.") and name[-3:] in (".v1", ".v2") for name in specs)
+
+
+def test_a_process_reads_only_its_tokens_file_never_the_admin_credentials(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dcpulse.services.onboarding import credentials_path, influx_token
+    from dcpulse.settings import Settings
+
+    monkeypatch.setenv("DCPULSE_SERVICES__STATE_DIR", str(tmp_path))
+    save_credentials(credentials_path(tmp_path), Credentials("org", "admin-tok", "pw", "write-tok", "read-tok"))
+    with pytest.raises(RuntimeError, match="no InfluxDB read token in .*read-token"):
+        influx_token(Settings(), "read")  # credentials.json (with the admin token) is not a fallback
+    (tmp_path / "influxdb" / "read-token").write_text("read-tok\n")
+    assert influx_token(Settings(), "read") == "read-tok"
+    other = tmp_path / "elsewhere"
+    other.write_text("another")
+    monkeypatch.setenv("DCPULSE_INFLUX__READ_TOKEN_FILE", str(other))
+    assert influx_token(Settings(), "read") == "another"
