@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from kafka.errors import KafkaError, TopicAuthorizationFailedError
 from rich.live import Live
 from rich.table import Table
 
@@ -79,7 +80,14 @@ def simulate(presets_: tuple[str, ...], scenario_file: Path | None, duration: st
     say(f"simulating {', '.join(s.name for s in scenario.sites)} for {duration_s:,.0f} s "
         f"at {'max speed' if pace is None else f'{pace:g}x'}, seed {scenario.seed}, "
         f"start {scenario.start.isoformat().replace('+00:00', 'Z')}, into {target}")
-    publisher = TelemetryPublisher(access(settings, "agent"), target)
+    try:
+        publisher = TelemetryPublisher(access(settings, "agent"), target)
+        publisher.partitioner  # the topic's metadata now: a refusal shows here, not mid-run
+    except TopicAuthorizationFailedError:
+        raise click.ClickException(f"the agent role may not write {target}: agents may write only "
+                                   f"{settings.topics.telemetry} (docs/security.md)") from None
+    except (RuntimeError, KafkaError) as exc:
+        raise click.ClickException(f"cannot publish to {target}: {exc}") from None
     interrupted = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     with Live(console=console, refresh_per_second=4, transient=False) as live:

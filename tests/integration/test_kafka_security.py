@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,11 @@ def test_the_sink_neither_produces_nor_reads_raw_telemetry(pipeline: Settings, t
     sink = kcat_config(pipeline, "sink", tmp_path)
     read = kcat(sink, "-b", pipeline.kafka.bootstrap, "-C", "-t", pipeline.topics.telemetry, "-o", "beginning", "-e")
     assert read.returncode != 0 and "authoriz" in read.stderr.lower()
+
+
+def test_simulate_to_a_topic_agents_may_not_write_fails_with_one_clear_line(pipeline: Settings) -> None:
+    out = subprocess.run([sys.executable, "-m", "dcpulse.cli", "simulate", "--preset", "small", "--speed", "max",
+                          "--duration", "1m", "--topic", pipeline.topics.pue], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1
+    assert f"the agent role may not write {pipeline.topics.pue}" in out.stderr and "Traceback" not in out.stderr
