@@ -12,9 +12,20 @@ import orjson
 from rich.table import Table
 
 from dcpulse.cliutil import console, load_settings, say
+from dcpulse.private_files import MissingSecret
 from dcpulse.settings import CONFIG_ENV_VAR, Settings, get_settings, masked_dump
 
-@click.group()
+class Commands(click.Group):
+    """A missing login or token is the operator's to fix: one line saying how, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MissingSecret as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Commands)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help=f"TOML settings file (same as {CONFIG_ENV_VAR}=FILE)")
 def main(config_file: str | None) -> None:

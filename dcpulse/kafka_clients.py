@@ -23,6 +23,7 @@ from typing import Any, Literal
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from pydantic import SecretStr
 
+from dcpulse.private_files import MissingSecret
 from dcpulse.settings import Settings
 
 Role = Literal["admin", "agent", "worker", "sink"]
@@ -91,7 +92,7 @@ def access(settings: Settings, role: Role) -> KafkaAccess:
     try:
         login = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RuntimeError(f"no Kafka login for role {role!r} in {secrets}: run `dcpulse services up` "
+        raise MissingSecret(f"no Kafka login for role {role!r} in {secrets}: run `dcpulse services up` "
                            "(or set kafka.security = \"plaintext\" for a broker without logins)") from None
     return KafkaAccess(bootstrap, login["username"], SecretStr(login["password"]), secrets / "ca.pem")
 

@@ -6,6 +6,10 @@ import os
 from pathlib import Path
 
 
+class MissingSecret(RuntimeError):
+    """A login or token file that is not there: the message says how to get it."""
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `path` atomically with mode 0600 (no window where it is readable by others), in a
     directory created 0700."""

@@ -14,7 +14,7 @@ from typing import Literal
 
 import httpx
 
-from dcpulse.private_files import write_private
+from dcpulse.private_files import MissingSecret, write_private
 from dcpulse.settings import InfluxSettings, Settings
 
 
@@ -43,7 +43,7 @@ def influx_token(settings: Settings, access: Literal["read", "write"]) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        raise RuntimeError(f"no InfluxDB {access} token in {path}: run `dcpulse services up` to onboard the "
+        raise MissingSecret(f"no InfluxDB {access} token in {path}: run `dcpulse services up` to onboard the "
                            f"local server, or set influx.{access}_token_file") from None
 
 

@@ -93,3 +93,16 @@ def test_private_files_are_0600_even_over_an_existing_file(tmp_path: Path) -> No
     path.chmod(0o644)
     write_private(path, "new")
     assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("command", [["topics", "create"], ["streams"], ["sink"]])
+def test_commands_without_their_login_say_how_to_get_it_in_one_line(command: list[str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from dcpulse.cli import main
+
+    monkeypatch.setenv("DCPULSE_SERVICES__STATE_DIR", str(tmp_path))
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "run `dcpulse services up`" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
