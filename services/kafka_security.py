@@ -1,9 +1,9 @@
 """The local broker's security: a CA and broker certificate, one SCRAM login per role, and the
 ACLs that confine each role to its pipeline's topics and groups (docs/security.md).
 
-Everything secret lives in the secrets directory, owner-only: the CA key never leaves it, the
-passwords reach the broker through its properties file and its format step through a Java
-argument file, never a command line.
+Everything secret lives in the secrets directory, owner-only; the CA's key is dropped once it has
+signed the broker's certificate. The passwords reach the broker through its properties file and
+its format step through a Java argument file, never a command line.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def _pem_cert(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def make_certificates(hosts: list[str], now: dt.datetime) -> tuple[str, str, str]:
-    """(CA certificate, CA key, broker key + certificate chain) as PEM, for a broker reached as
-    localhost or any of `hosts` (names or IP addresses)."""
+def make_certificates(hosts: list[str], now: dt.datetime) -> tuple[str, str]:
+    """(CA certificate, broker key + certificate chain) as PEM, for a broker reached as localhost
+    or any of `hosts` (names or IP addresses)."""
     ca_key, broker_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     until = now + dt.timedelta(days=CERT_DAYS)
     ca = (x509.CertificateBuilder().subject_name(_name("dcpulse local CA")).issuer_name(_name("dcpulse local CA"))
@@ -68,7 +68,7 @@ def make_certificates(hosts: list[str], now: dt.datetime) -> tuple[str, str, str
               .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
                                                     x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
               .sign(ca_key, hashes.SHA256()))
-    return _pem_cert(ca), _pem_key(ca_key), _pem_key(broker_key) + _pem_cert(broker) + _pem_cert(ca)
+    return _pem_cert(ca), _pem_key(broker_key) + _pem_cert(broker) + _pem_cert(ca)
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,10 @@ class BrokerSecrets:
     def ensure(self, hosts: list[str]) -> None:
         """Create what is missing: certificates once (for a broker reached as one of `hosts`), a
         random password per role and the broker."""
-        if not self.key_store.exists():
-            ca_cert, ca_key, broker = make_certificates(hosts, dt.datetime.now(dt.timezone.utc))
-            write_private(self.directory / "ca-key.pem", ca_key)
-            write_private(self.key_store, broker)
+        if not self.key_store.exists():  # written last: it marks a complete pair
+            ca_cert, broker = make_certificates(hosts, dt.datetime.now(dt.timezone.utc))
             write_private(self.ca, ca_cert)
+            write_private(self.key_store, broker)
         for user in (*ROLES, BROKER_USER):
             path = credentials_file(self.directory, user)
             if not path.exists():

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka.errors import KafkaError, TopicAuthorizationFailedError
+from kafka import TopicPartition
+from kafka.errors import GroupAuthorizationFailedError, KafkaError, TopicAuthorizationFailedError
+from kafka.structs import OffsetAndMetadata
 from pydantic import SecretStr
 
 from dcpulse import kafka_clients
@@ -114,6 +116,16 @@ def test_the_sink_neither_produces_nor_reads_raw_telemetry(pipeline: Settings, t
     sink = kcat_config(pipeline, "sink", tmp_path)
     read = kcat(sink, "-b", pipeline.kafka.bootstrap, "-C", "-t", pipeline.topics.telemetry, "-o", "beginning", "-e")
     assert read.returncode != 0 and "authoriz" in read.stderr.lower()
+
+
+def test_the_agent_cannot_move_a_sinks_offsets(pipeline: Settings) -> None:
+    consumer = kafka_clients.consumer(access(pipeline, "agent"), "test-agent-offsets",
+                                      group_id=pipeline.topics.group("sink-raw"), request_timeout_ms=10_000)
+    try:
+        with pytest.raises(GroupAuthorizationFailedError):
+            consumer.commit({TopicPartition(pipeline.topics.telemetry_valid, 0): OffsetAndMetadata(1000, "", -1)})
+    finally:
+        consumer.close(autocommit=False)
 
 
 def test_simulate_to_a_topic_agents_may_not_write_fails_with_one_clear_line(pipeline: Settings) -> None:

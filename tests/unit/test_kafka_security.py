@@ -20,7 +20,7 @@ from dcpulse.settings import Settings, TopicSettings
 
 
 def test_the_broker_certificate_is_signed_by_the_ca_for_its_names() -> None:
-    ca_pem, _, broker_pem = make_certificates(["127.0.0.1", "kafka"], dt.datetime.now(dt.timezone.utc))
+    ca_pem, broker_pem = make_certificates(["127.0.0.1", "kafka"], dt.datetime.now(dt.timezone.utc))
     ca = x509.load_pem_x509_certificate(ca_pem.encode())
     broker = x509.load_pem_x509_certificates(broker_pem.encode())[0]
     broker.verify_directly_issued_by(ca)
