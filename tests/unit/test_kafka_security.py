@@ -101,8 +101,13 @@ def test_commands_without_their_login_say_how_to_get_it_in_one_line(command: lis
     from click.testing import CliRunner
 
     from dcpulse.cli import main
+    from dcpulse.settings import get_settings
 
     monkeypatch.setenv("DCPULSE_SERVICES__STATE_DIR", str(tmp_path))
-    result = CliRunner().invoke(main, command)
+    get_settings.cache_clear()  # the CLI's settings are cached: another test's would have real logins
+    try:
+        result = CliRunner().invoke(main, command)
+    finally:
+        get_settings.cache_clear()
     assert result.exit_code == 1 and "run `dcpulse services up`" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
