@@ -59,7 +59,7 @@ class KafkaAccess:
             return {"bootstrap_servers": self.bootstrap}
         return {"bootstrap_servers": self.bootstrap, "security_protocol": "SASL_SSL",
                 "sasl_mechanism": SASL_MECHANISM, "sasl_plain_username": self.username,
-                "sasl_plain_password": self._password(), "ssl_cafile": str(self.ca_file),
+                "sasl_plain_password": self.password_text(), "ssl_cafile": str(self.ca_file),
                 "ssl_check_hostname": True}
 
     def ssl_context(self) -> ssl.SSLContext:
@@ -71,9 +71,10 @@ class KafkaAccess:
         if not self.secure:
             return "security.protocol=plaintext\n"
         return (f"security.protocol=sasl_ssl\nsasl.mechanisms={SASL_MECHANISM}\nsasl.username={self.username}\n"
-                f"sasl.password={self._password()}\nssl.ca.location={self.ca_file}\n")
+                f"sasl.password={self.password_text()}\nssl.ca.location={self.ca_file}\n")
 
-    def _password(self) -> str:
+    def password_text(self) -> str:
+        """The password itself, for a client library's configuration only."""
         assert self.password is not None
         return self.password.get_secret_value()
 

@@ -119,7 +119,7 @@ def broker_credentials(kafka: KafkaAccess) -> faust.SASLCredentials | None:
     """The worker's login as Faust (aiokafka) takes it; None on a plaintext broker."""
     if not kafka.secure:
         return None
-    return faust.SASLCredentials(username=kafka.username, password=kafka.client_config()["sasl_plain_password"],
+    return faust.SASLCredentials(username=kafka.username, password=kafka.password_text(),
                                  ssl_context=kafka.ssl_context(), mechanism=SASL_MECHANISM)
 
 
