@@ -1,7 +1,7 @@
 """An isolated pipeline on the shared local servers: its own topic prefix (with the roles' Kafka
 ACLs on it), its own raw, analytics and alerts buckets and its own least-privilege tokens
-(write-only and read-only on those buckets, as onboarding mints for the standard ones), for tests and benchmarks that must not see (or
-disturb) anyone else's data. Settings reach the pipeline's child processes through the
+(write-only and read-only on those buckets, as onboarding mints for the standard ones), for
+tests and benchmarks that must not see (or disturb) anyone else's data. Settings reach the pipeline's child processes through the
 environment, so the context sets DCPULSE_* variables for its duration and restores them after."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from contextlib import contextmanager
 
 import httpx
 from influxdb_client import InfluxDBClient
-from dcpulse.services.onboarding import bucket_permissions
 from dcpulse import kafka_clients
 from dcpulse.private_files import write_private
 from dcpulse.services.kafka_acls import pipeline_grants, revoke
+from dcpulse.services.onboarding import bucket_permissions
 from dcpulse.services.topics import provision_pipeline
 from dcpulse.settings import Settings
 

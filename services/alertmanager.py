@@ -112,7 +112,6 @@ class AlertmanagerServer:
 
     def configure(self, inhibitions: list[Inhibition]) -> None:
         """Write the config; a running server picks it up on `reload()`."""
-        self.state.mkdir(parents=True, exist_ok=True)
         write_private(self.config_file, render_config(self.settings, inhibitions))  # a webhook URL may carry a credential
 
     def start(self) -> int:

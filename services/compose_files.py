@@ -9,15 +9,13 @@ from `format.args`, a Java argument file, so no password is on a command line.
 
 from __future__ import annotations
 
-import base64
-import uuid
 from pathlib import Path
 
 import httpx
 
 from dcpulse.kafka_clients import SASL_MECHANISM
 from dcpulse.private_files import write_private
-from dcpulse.services.kafka import render_server_properties
+from dcpulse.services.kafka import cluster_id, render_server_properties
 from dcpulse.services.kafka_security import BrokerSecrets
 from dcpulse.services.onboarding import InfluxOnboarding
 from dcpulse.settings import InfluxSettings, KafkaSettings
@@ -36,12 +34,8 @@ def write_broker_files(secrets: BrokerSecrets, settings: KafkaSettings, service:
         **secrets.server_properties(listeners, f"0.0.0.0:{settings.controller_port}"),
         "controller.quorum.voters": f"1@{service}:{settings.controller_port}"})
     write_private(secrets.directory / "server.properties", props)
-    cluster_id = secrets.directory / "cluster-id"
-    if not cluster_id.exists():
-        cluster_id.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
-    write_private(secrets.directory / "format.args", "\n".join(
-        ["format", "-t", cluster_id.read_text().strip(), "-c", str(secrets.directory / "server.properties"),
-         "--ignore-formatted", *secrets.scram_arguments()]) + "\n")
+    write_private(secrets.directory / "format.args", secrets.format_arguments(
+        cluster_id(secrets.directory / "cluster-id"), secrets.directory / "server.properties"))
     admin = secrets.login("admin")
     write_private(secrets.directory / "admin-client.properties", (
         f"security.protocol=SASL_SSL\nsasl.mechanism={SASL_MECHANISM}\n"

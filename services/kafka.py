@@ -156,14 +156,9 @@ class KafkaServer:
                                    "security was on): stop Kafka and delete that directory to start it fresh, "
                                    "or set kafka.security = \"plaintext\"")
             return
-        cluster_id_file = self.state / "cluster-id"
-        if not cluster_id_file.exists():
-            cluster_id_file.write_text(_kafka_cluster_id())
-        # The passwords go in a Java argument file, never on a command line `ps` shows.
         arguments = self.conf_dir / "format.args"
-        write_private(arguments, "\n".join([
-            "format", "-t", cluster_id_file.read_text().strip(), "-c", str(self.conf_dir / "server.properties"),
-            "--ignore-formatted", *self.secrets.scram_arguments()]) + "\n")
+        write_private(arguments, self.secrets.format_arguments(cluster_id(self.state / "cluster-id"),
+                                                               self.conf_dir / "server.properties"))
         try:
             argv = java_argv(self.settings, self.lib_dir, self.conf_dir, "kafka.tools.StorageTool", f"@{arguments}")
             run_logged(argv, cwd=self.state, log_file=self.state / "format.log")
@@ -196,6 +191,13 @@ class KafkaServer:
             return False
         finally:
             admin.close()
+
+
+def cluster_id(path: Path) -> str:
+    """The cluster id kept in `path`, made on first use."""
+    if not path.exists():
+        path.write_text(_kafka_cluster_id() + "\n")
+    return path.read_text().strip()
 
 
 def _kafka_cluster_id() -> str:

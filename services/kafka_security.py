@@ -109,6 +109,12 @@ class BrokerSecrets:
             args += ["--add-scram", f"{SASL_MECHANISM}=[name={login['username']},password={login['password']}]"]
         return args
 
+    def format_arguments(self, cluster_id: str, properties: Path) -> str:
+        """The Java argument file's text for `kafka-storage format` of a broker with these
+        properties, creating every login: the passwords never go on a command line."""
+        return "\n".join(["format", "-t", cluster_id, "-c", str(properties), "--ignore-formatted",
+                          *self.scram_arguments()]) + "\n"
+
     def server_properties(self, listeners: dict[str, tuple[str, str]], controller: str) -> dict[str, str]:
         """SASL_SSL on every client listener (`listeners`: name -> (bind, advertised) address; the
         first also carries inter-broker traffic), mutual TLS on the controller listener (bind

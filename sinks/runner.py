@@ -15,12 +15,12 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from dcpulse import kafka_clients
-from dcpulse.settings import Settings
-from dcpulse.sinks.deadletters import DeadLetters
-from dcpulse.sinks.influx import InfluxWriter
 from dcpulse.log import get_logger
+from dcpulse.settings import Settings
 from dcpulse.sinks.alertlog import rebuild
 from dcpulse.sinks.alertmanager import AlertmanagerClient
+from dcpulse.sinks.deadletters import DeadLetters
+from dcpulse.sinks.influx import InfluxWriter
 from dcpulse.sinks.notifier import Notifier
 from dcpulse.sinks.points import AlertLines, Convert, TelemetryLines, analytics_lines
 from dcpulse.sinks.sink import Sink

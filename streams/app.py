@@ -32,9 +32,9 @@ from kafka import TopicPartition
 from dcpulse.contract import AnalyticsPoint
 from dcpulse.kafka_clients import SASL_MECHANISM, KafkaAccess, Role, access, consumer
 from dcpulse.log import RepeatLimiter, get_logger
+from dcpulse.producers.sitemodel import preset_thresholds
 from dcpulse.services.topics import TopicSpec, ensure_topics
 from dcpulse.settings import Settings
-from dcpulse.producers.sitemodel import preset_thresholds
 from dcpulse.streams.alerting import AlertEvent
 from dcpulse.streams.alertrules import load_rules
 from dcpulse.streams.checkpoint import CheckpointedAgent, Send, run_batches

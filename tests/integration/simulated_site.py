@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from dcpulse.services.onboarding import influx_token
 from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.recording import replay
 from dcpulse.producers.scenario_args import current_minute
 from dcpulse.services.manager import LocalServices
+from dcpulse.services.onboarding import influx_token
 from dcpulse.settings import Settings
 from dcpulse.sinks.query import flux_time, read_rows
 from dcpulse.views.queries import Span

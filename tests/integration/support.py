@@ -14,17 +14,17 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from dcpulse.services.onboarding import influx_token
 from dcpulse import kafka_clients
+from dcpulse.contract import point_key
+from dcpulse.deadletter import Rejection
 from dcpulse.kafka_clients import Role, access
 from dcpulse.private_files import write_private
-from dcpulse.contract import point_key
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import record, replay_plan
 from dcpulse.producers.run import run_scenario
 from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
-from dcpulse.deadletter import Rejection
+from dcpulse.services.onboarding import influx_token
 from dcpulse.streams.alertrules import load_rules
 from dcpulse.streams.offline import reference_alerts, reference_results
 from dcpulse.streams.validation import ParsedBatch, parse_record

@@ -8,8 +8,8 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from dcpulse.kafka_clients import access
 from dcpulse import kafka_clients
+from dcpulse.kafka_clients import access
 from dcpulse.services.manager import LocalServices
 from dcpulse.settings import Settings
 from dcpulse.sinks.alertlog import rebuild

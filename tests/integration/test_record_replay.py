@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from dcpulse.kafka_clients import access
 from dcpulse.cli import main
 from dcpulse.contract import TELEMETRY_V1_SCHEMA, TelemetryBatch, Watermark
+from dcpulse.kafka_clients import access
 from dcpulse.producers.publisher import TelemetryPublisher
 from dcpulse.producers.recording import (
     RecordedMessage,

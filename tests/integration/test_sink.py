@@ -17,11 +17,11 @@ import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from dcpulse.services.onboarding import influx_token
-from dcpulse.kafka_clients import access
 from dcpulse.contract import AnalyticsPoint, DeviceKind, Sample, TelemetryBatch, utc_now
+from dcpulse.kafka_clients import access
 from dcpulse.sandbox import sandbox
 from dcpulse.services.manager import LocalServices
+from dcpulse.services.onboarding import influx_token
 from dcpulse.settings import Settings
 from dcpulse.sinks.influx import InfluxWriter
 from dcpulse.sinks.query import flux_string, flux_time, read_rows

@@ -21,8 +21,8 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from dcpulse.kafka_clients import access
 from dcpulse.contract import DEADLETTER_ORIGINAL_BYTES, WATERMARK_SCHEMA, agent_key, utc_now, watermark_key
+from dcpulse.kafka_clients import access
 from dcpulse.pipeline import running_pipeline
 from dcpulse.producers.publisher import KeyPartitioner
 from dcpulse.producers.scenario_args import current_minute

@@ -19,8 +19,8 @@ from dcpulse.producers.scenario_args import build_scenario
 from dcpulse.producers.simulator import ScenarioSimulator
 from dcpulse.settings import AnalyticsSettings, ValidationSettings
 from dcpulse.streams.alerting import RuleEngine
-from dcpulse.streams.stage import Outputs, PartitionStage, new_state
 from dcpulse.streams.alertrules import DEFAULT_RULES, RulesError, load_rules, parse_rules
+from dcpulse.streams.stage import Outputs, PartitionStage, new_state
 
 from tests.unit.test_stage import T0 as T0_MS
 from tests.unit.test_stage import ToySite
